@@ -136,6 +136,11 @@ def clear_model_cache() -> None:
         _cache.clear()
 
 
+def _locate(name: str) -> str:
+    """Where to load ``name`` from; tests replace this to stand tiny models in for Hub ids."""
+    return name
+
+
 def _not_found(model: str, error: Exception) -> ModelNotFoundError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
     why = (
@@ -187,8 +192,8 @@ def load_cross_encoder(
     if not isinstance(model, (str, os.PathLike)) or not str(model):
         raise TypeError(f"model must be a Hub id or a local directory path, got {model!r}")
     name = str(model)
-    local = Path(name).expanduser()
-    source = str(local.resolve()) if local.is_dir() else name
+    local = Path(_locate(name)).expanduser()
+    source = str(local.resolve()) if local.is_dir() else str(local)
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, use_fp16, resolved_device)
     key = (source, resolved_device, str(torch_dtype), revision, trust_remote_code)
