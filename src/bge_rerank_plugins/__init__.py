@@ -30,7 +30,21 @@ _EXPORTS = {
     "CrossEncoderFinetuneEngine": "finetune",
 }
 
-__all__ = sorted(_EXPORTS) + ["__version__"]
+__all__ = [
+    "DEFAULT_MODEL",
+    "BGECrossEncoder",
+    "BGERerankCompressor",
+    "BGEReranker",
+    "CrossEncoderFinetuneEngine",
+    "CrossEncoderScorer",
+    "ModelNotFoundError",
+    "PassageTemplate",
+    "Ranked",
+    "RerankerError",
+    "ScoreCache",
+    "__version__",
+    "clear_model_cache",
+]
 
 if TYPE_CHECKING:
     from .errors import ModelNotFoundError, RerankerError

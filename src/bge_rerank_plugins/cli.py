@@ -38,8 +38,12 @@ def _run_score(args: argparse.Namespace) -> int:
         args.model, device=args.device, max_length=max_length, normalize=not args.raw
     )
     for ranked in scorer.rank(args.query, args.passages, top_k=args.top_k):
-        print(json.dumps({"index": ranked.index, "score": ranked.score, "text": ranked.passage},
-                         ensure_ascii=False))
+        print(
+            json.dumps(
+                {"index": ranked.index, "score": ranked.score, "text": ranked.passage},
+                ensure_ascii=False,
+            )
+        )
     return 0
 
 

@@ -147,8 +147,9 @@ def passage_to_text(passage: Any, template: PassageTemplate | None, index: int) 
             "(a dict, or an object with text and metadata). Drop empty results before scoring."
         )
     if isinstance(passage, (bytes, int, float, bool)) or not (
-        isinstance(passage, Mapping) or hasattr(passage, "metadata") or
-        any(hasattr(passage, a) for a in _TEXT_ATTRIBUTES)
+        isinstance(passage, Mapping)
+        or hasattr(passage, "metadata")
+        or any(hasattr(passage, a) for a in _TEXT_ATTRIBUTES)
     ):
         raise TypeError(
             f"passages[{index}] has type {type(passage).__name__}; expected a string or a record "

@@ -108,21 +108,26 @@ class LoadedModel:
     dtype: Any
     name: str
     max_length_limit: int
+    source: str = ""
+    load_options: dict[str, Any] = field(default_factory=dict, repr=False)
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _float32_copy: Any = field(default=None, repr=False)
 
     def float32_model(self) -> Any:
-        """A float32 copy of the model, made on first use (for rescoring non-finite batches)."""
-        import copy
-
+        """The model in float32, loaded on first use from the original weights (not upcast from
+        the half-precision copy), to rescore batches whose half-precision scores are not finite."""
         import torch
+        from transformers import AutoModelForSequenceClassification
 
         if self.dtype == torch.float32:
             return self.model
         with self.lock:
             if self._float32_copy is None:
-                logger.info("Making a float32 copy of %s to rescore non-finite batches.", self.name)
-                self._float32_copy = copy.deepcopy(self.model).float()
+                logger.info("Loading %s in float32 to rescore non-finite batches.", self.name)
+                network = AutoModelForSequenceClassification.from_pretrained(
+                    self.source, dtype=torch.float32, **self.load_options
+                )
+                self._float32_copy = network.eval().to(self.device)
             return self._float32_copy
 
 
@@ -180,13 +185,13 @@ def load_cross_encoder(
     Args:
         model: a Hugging Face Hub id or a local directory.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks the best available.
-        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"`` (see :func:`resolve_dtype`).
+        dtype: ``"auto"``, ``"float32"``, ``"float16"`` or ``"bfloat16"``; see
+            :func:`resolve_dtype`.
         use_fp16: FlagEmbedding's spelling of ``dtype="float16"``.
         revision: a Hub revision.
         trust_remote_code: run custom model code from the model repository (off by default).
         use_cache: reuse a model already loaded in this process with the same settings.
     """
-    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     if not isinstance(model, (str, os.PathLike)) or not str(model):
@@ -227,6 +232,8 @@ def load_cross_encoder(
         dtype=torch_dtype,
         name=name,
         max_length_limit=model_length_limit(network, tokenizer),
+        source=source,
+        load_options=options,
     )
     if use_cache:
         with _cache_lock:

@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 #: The model used when none is named.
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 
-TemplateLike = Union[str, Sequence[str], PassageTemplate, None]
+TemplateLike = Union[str, Sequence[str], PassageTemplate, None]  # noqa: UP007
 
 
 class Ranked(NamedTuple):
@@ -116,12 +116,12 @@ class CrossEncoderScorer:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
             raise ValueError(f"token_budget must be a positive int or None, got {token_budget!r}")
-        if max_length is not None and max_length != "auto" and (
-            not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 8
+        if (
+            max_length is not None
+            and max_length != "auto"
+            and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 8)
         ):
-            raise ValueError(
-                f"max_length must be an int >= 8, 'auto' or None, got {max_length!r}"
-            )
+            raise ValueError(f"max_length must be an int >= 8, 'auto' or None, got {max_length!r}")
         if query_max_length is not None and (
             not isinstance(query_max_length, int) or query_max_length < 1
         ):

@@ -51,7 +51,7 @@ TINY_CORPUS: tuple[str, ...] = (
 ModelKind = Literal["bert", "xlm-roberta"]
 
 
-def _train_bert_tokenizer(vocab_size: int):  # noqa: ANN202
+def _train_bert_tokenizer(vocab_size: int):
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from tokenizers.trainers import WordPieceTrainer
 
@@ -71,15 +71,23 @@ def _train_bert_tokenizer(vocab_size: int):  # noqa: ANN202
     return tokenizer
 
 
-def _train_xlmr_tokenizer(vocab_size: int):  # noqa: ANN202
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+def _train_xlmr_tokenizer(vocab_size: int):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers.trainers import UnigramTrainer
 
     tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
+    # No normalizer: transformers' XLMRobertaTokenizer drops it on reload anyway, and the
+    # vocabulary must then hold the raw characters (full-width punctuation included).
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
-    trainer = UnigramTrainer(vocab_size=vocab_size, special_tokens=specials, unk_token="<unk>")
+    # Every character of the corpus gets a piece, so nothing in it maps to <unk>.
+    alphabet = sorted({c for line in TINY_CORPUS for c in line})
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=specials,
+        unk_token="<unk>",
+        initial_alphabet=alphabet,
+    )
     tokenizer.train_from_iterator(list(TINY_CORPUS) * 3, trainer=trainer)
     bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
@@ -138,24 +146,41 @@ def build_tiny_model(
         backend = _train_bert_tokenizer(vocab_size)
         tokenizer = BertTokenizerFast(
             tokenizer_object=backend,
-            unk_token="[UNK]", sep_token="[SEP]", pad_token="[PAD]",
-            cls_token="[CLS]", mask_token="[MASK]", model_max_length=512,
+            unk_token="[UNK]",
+            sep_token="[SEP]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            mask_token="[MASK]",
+            model_max_length=512,
         )
         config = BertConfig(
-            vocab_size=backend.get_vocab_size(), max_position_embeddings=512,
-            type_vocab_size=2, pad_token_id=backend.token_to_id("[PAD]"), **common,
+            vocab_size=backend.get_vocab_size(),
+            max_position_embeddings=512,
+            type_vocab_size=2,
+            pad_token_id=backend.token_to_id("[PAD]"),
+            **common,
         )
     elif kind == "xlm-roberta":
         backend = _train_xlmr_tokenizer(vocab_size)
         tokenizer = XLMRobertaTokenizerFast(
             tokenizer_object=backend,
-            bos_token="<s>", eos_token="</s>", unk_token="<unk>", sep_token="</s>",
-            cls_token="<s>", pad_token="<pad>", mask_token="<mask>", model_max_length=512,
+            bos_token="<s>",
+            eos_token="</s>",
+            unk_token="<unk>",
+            sep_token="</s>",
+            cls_token="<s>",
+            pad_token="<pad>",
+            mask_token="<mask>",
+            model_max_length=512,
         )
         config = XLMRobertaConfig(
-            vocab_size=backend.get_vocab_size(), max_position_embeddings=514, type_vocab_size=1,
-            pad_token_id=backend.token_to_id("<pad>"), bos_token_id=backend.token_to_id("<s>"),
-            eos_token_id=backend.token_to_id("</s>"), **common,
+            vocab_size=backend.get_vocab_size(),
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            pad_token_id=backend.token_to_id("<pad>"),
+            bos_token_id=backend.token_to_id("<s>"),
+            eos_token_id=backend.token_to_id("</s>"),
+            **common,
         )
     else:
         raise ValueError(f"kind must be 'bert' or 'xlm-roberta', got {kind!r}")
