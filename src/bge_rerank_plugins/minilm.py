@@ -48,11 +48,19 @@ def build_minilm_cross_encoder(
     out = Path(output_dir)
     if (out / "config.json").is_file() and not overwrite:
         return out
+    from transformers.utils import logging as hf_logging
+
     source = minilm_encoder_dir()
     torch.manual_seed(seed)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        source, num_labels=1, dtype=torch.float32
-    )
+    # The fresh head is the point here, so transformers' "newly initialized" report is noise.
+    previous = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            source, num_labels=1, dtype=torch.float32
+        )
+    finally:
+        hf_logging.set_verbosity(previous)
     model.config.architectures = ["BertForSequenceClassification"]
     tokenizer = AutoTokenizer.from_pretrained(source)
     tokenizer.model_max_length = 512
