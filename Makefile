@@ -31,7 +31,7 @@ lint:
 
 test: install-dev lint
 	$(BIN)/python -m pytest
-	@if [ -f mkdocs.yml ] && [ -x $(BIN)/mkdocs ]; then $(BIN)/mkdocs build --strict -q -d .cache/site; fi
+	$(BIN)/mkdocs build --strict -q -d .cache/site
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_scorer.py
