@@ -47,8 +47,79 @@ def _run_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_serve(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="HTTP rerank server (TEI /rerank and Cohere /v1/rerank, /v2/rerank endpoints)",
+        description="Needs the serve extra: pip install 'bge-rerank-plugins[serve]'.",
+    )
+    parser.add_argument("--model", default="BAAI/bge-reranker-v2-m3", help="Hub id or directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--max-length", default=None, help="an int or 'auto'")
+    parser.add_argument("--batch-size", type=int, default=32, help="most pairs per forward pass")
+    parser.add_argument(
+        "--max-batch-pairs",
+        type=int,
+        default=256,
+        help="most pairs merged from concurrent requests into one scorer call",
+    )
+    parser.add_argument(
+        "--max-batch-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long to wait for more requests to merge (0: merge only what is queued)",
+    )
+    parser.add_argument(
+        "--no-batching", action="store_true", help="score each request on its own (baseline)"
+    )
+    parser.add_argument("--max-documents", type=int, default=1000, help="per request")
+    parser.add_argument("--max-text-chars", type=int, default=20_000, help="per query/document")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help="require 'Authorization: Bearer KEY' (default: $BGE_RERANK_API_KEY, if set)",
+    )
+    parser.add_argument("--served-model-name", default=None, help="name reported by /info")
+    parser.add_argument("--log-level", default="info", help="uvicorn log level")
+    parser.set_defaults(handler=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    try:
+        from .server import ServerConfig, run_server
+    except ImportError as error:
+        print(
+            f"bge-rerank serve needs the serve extra ({error.name} is missing): "
+            "pip install 'bge-rerank-plugins[serve]'",
+            file=sys.stderr,
+        )
+        return 2
+    max_length = args.max_length
+    if max_length is not None and max_length != "auto":
+        max_length = int(max_length)
+    config = ServerConfig(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        max_length=max_length,
+        batch_size=args.batch_size,
+        max_batch_pairs=args.max_batch_pairs,
+        max_batch_wait_ms=args.max_batch_wait_ms,
+        batching=not args.no_batching,
+        max_documents=args.max_documents,
+        max_text_chars=args.max_text_chars,
+        api_key=args.api_key,
+        served_model_name=args.served_model_name,
+    )
+    run_server(config, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
 # Subcommands, in the order `bge-rerank --help` lists them.
-_COMMANDS = [_add_score]
+_COMMANDS = [_add_score, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:
