@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -118,8 +119,96 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser(
+        "evaluate",
+        help="rerank a BEIR-style split with one or more models; Hit/MRR/nDCG/Recall@K",
+        description="Rerank each query's first-stage candidates with each --model and report "
+        "Hit@K, MRR@K, nDCG@K and Recall@K next to the first-stage order. Writes table.md, "
+        "metrics.json and chart.png to --out.",
+    )
+    parser.add_argument("--data", required=True, help="BEIR-style folder (corpus, queries, qrels)")
+    parser.add_argument("--split", default="dev", help="qrels split (default: dev)")
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[LABEL=]MODEL",
+        help="Hub id or directory; repeat to compare models; LABEL= names the column",
+    )
+    parser.add_argument("--top-k", type=int, default=30, help="candidates reranked per query")
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument(
+        "--candidates",
+        choices=["auto", "given", "bm25"],
+        default="auto",
+        help="given candidates file, BM25 over the corpus, or auto (given when present)",
+    )
+    parser.add_argument("--ks", default="1,3,5,10", help="metric cut-offs, comma-separated")
+    parser.add_argument(
+        "--relevance-threshold", type=float, default=1, help="lowest grade counted as relevant"
+    )
+    parser.add_argument(
+        "--template", default=None, help="document fields, e.g. '{title}\\n{text}' (default)"
+    )
+    parser.add_argument("--max-length", default=None, help="an int or 'auto'")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--out", default=None, help="folder for table.md, metrics.json, chart.png")
+    parser.add_argument("--no-chart", action="store_true", help="skip chart.png")
+    parser.set_defaults(handler=_run_evaluate)
+
+
+def _model_arg(value: str) -> tuple[str | None, str]:
+    label, sep, path = value.partition("=")
+    if sep and label and "/" not in label and os.sep not in label and path:
+        return label, path
+    return None, value
+
+
+def _run_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_models
+    from .scorer import CrossEncoderScorer
+
+    max_length = args.max_length
+    if max_length is not None and max_length != "auto":
+        max_length = int(max_length)
+    template = args.template.replace("\\n", "\n") if args.template else None
+    ks = tuple(int(k) for k in args.ks.split(",") if k.strip())
+    models: dict[str, CrossEncoderScorer] = {}
+    for value in args.model:
+        label, path = _model_arg(value)
+        scorer = CrossEncoderScorer(
+            path,
+            device=args.device,
+            max_length=max_length,
+            batch_size=args.batch_size,
+            template=template,
+        )
+        label = label or os.path.basename(os.path.normpath(path)) or path
+        while label in models:
+            label += "'"
+        models[label] = scorer
+    comparison = evaluate_models(
+        models,
+        args.data,
+        args.split,
+        top_k=args.top_k,
+        max_queries=args.max_queries,
+        ks=ks,
+        candidates=args.candidates,
+        template=template,
+        relevance_threshold=args.relevance_threshold,
+    )
+    print(comparison.to_markdown())
+    if args.out:
+        paths = comparison.save(args.out, chart=not args.no_chart)
+        print("\nwrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
 # Subcommands, in the order `bge-rerank --help` lists them.
-_COMMANDS = [_add_score, _add_serve]
+_COMMANDS = [_add_score, _add_evaluate, _add_serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,469 @@
+"""Read BEIR-style dataset folders into small typed records, and BM25 over their corpus.
+
+Layout of a folder (as in BEIR, plus optional first-stage candidate lists)::
+
+    corpus.jsonl              {"_id": str, "title": str, "text": str, ...extra fields}
+    queries.jsonl             {"_id": str, "text": str}
+    qrels/<split>.tsv         header "query-id<TAB>corpus-id<TAB>score"; graded or binary
+    candidates/<split>.jsonl  {"qid", "pos": [ids], "neg": [ids], "scores": {id: grade},
+                               "ranked": [ids] in first-stage (BM25) order, optional}
+
+A document without a qrels row for a query is not relevant to it (grade 0). Every error names
+the file, the 1-based line number and the field at fault.
+
+>>> from bge_rerank_plugins.beir import load_beir  # doctest: +SKIP
+>>> ds = load_beir("data/scifact", "dev")  # doctest: +SKIP
+>>> ds.query_ids[:2], ds.qrels["2"]  # doctest: +SKIP
+(['2', '4'], {'13734012': 1})
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "BeirDataset",
+    "Bm25Index",
+    "CandidateList",
+    "Document",
+    "Query",
+    "available_splits",
+    "bm25_tokenize",
+    "iter_jsonl",
+    "load_beir",
+    "load_candidates",
+    "load_corpus",
+    "load_qrels",
+    "load_queries",
+]
+
+logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One corpus document; ``metadata`` holds the extra fields (``author``, ``bib``, ...).
+
+    A ``Document`` is a record for :class:`~bge_rerank_plugins.fields.PassageTemplate`, so
+    ``PassageTemplate("{title}\\n{text}\\n{author}").render(doc)`` works on it.
+    """
+
+    id: str
+    title: str = ""
+    text: str = ""
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Query:
+    """One query."""
+
+    id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CandidateList:
+    """The first-stage candidates of one query.
+
+    Attributes:
+        qid: the query id.
+        pos, neg: judged positive / negative candidate ids, as in the file.
+        scores: relevance grade of each candidate that has one.
+        ranked: the candidate ids in first-stage (e.g. BM25) order, or ``None`` when the file
+            gives no order (judged lists).
+    """
+
+    qid: str
+    pos: tuple[str, ...] = ()
+    neg: tuple[str, ...] = ()
+    scores: Mapping[str, float] = field(default_factory=dict)
+    ranked: tuple[str, ...] | None = None
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        """All candidate ids: ``ranked`` when given, else ``pos`` then ``neg`` (no duplicates)."""
+        if self.ranked is not None:
+            return self.ranked
+        return tuple(dict.fromkeys((*self.pos, *self.neg)))
+
+
+@dataclass
+class BeirDataset:
+    """A BEIR-style folder loaded for one split.
+
+    Attributes:
+        path: the folder.
+        split: the split name (``"dev"``, ``"train"``, ``"all"``...).
+        corpus: document id -> :class:`Document`.
+        queries: query id -> :class:`Query` (only the split's queries).
+        qrels: query id -> {document id: grade}; documents not listed have grade 0.
+        candidates: query id -> :class:`CandidateList`, or ``None`` without a candidates file.
+    """
+
+    path: Path
+    split: str
+    corpus: dict[str, Document]
+    queries: dict[str, Query]
+    qrels: dict[str, dict[str, float]]
+    candidates: dict[str, CandidateList] | None = None
+
+    @property
+    def query_ids(self) -> list[str]:
+        """The split's query ids, in qrels file order (the order evaluation uses)."""
+        return [qid for qid in self.qrels if qid in self.queries]
+
+    def relevant(self, qid: str, threshold: float = 1) -> set[str]:
+        """Ids of the documents with grade >= ``threshold`` for ``qid``."""
+        return {d for d, g in self.qrels.get(qid, {}).items() if g >= threshold}
+
+
+# ---------------------------------------------------------------------- low-level readers
+def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file.
+
+    Raises:
+        ValueError: a line is not valid JSON or not a JSON object (names file and line).
+    """
+    path = Path(path)
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                value = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"{path}:{number}: expected a JSON object, got {type(value).__name__}"
+                )
+            yield number, value
+
+
+def _field(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if name not in row:
+        raise ValueError(f"{where}: missing field {name!r}")
+    value = row[name]
+    if not isinstance(value, kind) or isinstance(value, bool):
+        expected = (
+            kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        )
+        raise ValueError(
+            f"{where}: field {name!r} must be {expected}, got {type(value).__name__} {value!r:.60}"
+        )
+    return value
+
+
+def _id(row: Mapping[str, Any], name: str, where: str) -> str:
+    value = _field(row, name, (str, int), where)
+    text = str(value)
+    if not text.strip():
+        raise ValueError(f"{where}: field {name!r} is empty")
+    return text
+
+
+def _id_list(row: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
+    values = _field(row, name, list, where)
+    out = []
+    for i, value in enumerate(values):
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise ValueError(
+                f"{where}: field {name!r}[{i}] must be a document id (str), "
+                f"got {type(value).__name__}"
+            )
+        out.append(str(value))
+    return tuple(out)
+
+
+def load_corpus(path: PathLike) -> dict[str, Document]:
+    """Read ``corpus.jsonl``: ``{"_id", "title"?, "text", ...}`` per line.
+
+    ``title`` may be missing or null (read as ``""``); other fields go to ``metadata``.
+    """
+    corpus: dict[str, Document] = {}
+    for number, row in iter_jsonl(path):
+        where = f"{path}:{number}"
+        doc_id = _id(row, "_id", where)
+        text = _field(row, "text", str, where)
+        title = row.get("title") or ""
+        if not isinstance(title, str):
+            raise ValueError(f"{where}: field 'title' must be str, got {type(title).__name__}")
+        if doc_id in corpus:
+            raise ValueError(f"{where}: duplicate document id {doc_id!r} in field '_id'")
+        extra = {k: v for k, v in row.items() if k not in ("_id", "title", "text")}
+        corpus[doc_id] = Document(doc_id, title, text, extra)
+    return corpus
+
+
+def load_queries(path: PathLike, ids: set[str] | None = None) -> dict[str, Query]:
+    """Read ``queries.jsonl`` (``{"_id", "text"}``); keep only ``ids`` when given."""
+    queries: dict[str, Query] = {}
+    for number, row in iter_jsonl(path):
+        where = f"{path}:{number}"
+        qid = _id(row, "_id", where)
+        if ids is not None and qid not in ids:
+            continue
+        text = _field(row, "text", str, where)
+        if not text.strip():
+            raise ValueError(f"{where}: field 'text' is empty for query {qid!r}")
+        queries[qid] = Query(qid, text)
+    return queries
+
+
+def load_qrels(path: PathLike) -> dict[str, dict[str, float]]:
+    """Read ``qrels/<split>.tsv`` into ``{query_id: {doc_id: grade}}``.
+
+    The header line (``query-id  corpus-id  score``) is optional. Grades are numbers (ints are
+    kept as ints); a repeated (query, doc) pair keeps the last grade, with a warning.
+    """
+    path = Path(path)
+    qrels: dict[str, dict[str, float]] = {}
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\r\n").split("\t")
+            if number == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
+                continue
+            where = f"{path}:{number}"
+            if len(parts) != 3:
+                raise ValueError(
+                    f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), "
+                    f"got {len(parts)}"
+                )
+            qid, doc_id, raw = (p.strip() for p in parts)
+            if not qid or not doc_id:
+                name = "query-id" if not qid else "corpus-id"
+                raise ValueError(f"{where}: column {name!r} is empty")
+            try:
+                grade: float = int(raw)
+            except ValueError:
+                try:
+                    grade = float(raw)
+                except ValueError:
+                    raise ValueError(
+                        f"{where}: column 'score' must be a number, got {raw!r}"
+                    ) from None
+            per_query = qrels.setdefault(qid, {})
+            if doc_id in per_query and per_query[doc_id] != grade:
+                logger.warning(
+                    "%s: (%s, %s) is graded twice; keeping %s", where, qid, doc_id, grade
+                )
+            per_query[doc_id] = grade
+    return qrels
+
+
+def load_candidates(path: PathLike) -> dict[str, CandidateList]:
+    """Read ``candidates/<split>.jsonl`` (``{"qid", "pos", "neg", "scores"?, "ranked"?}``)."""
+    out: dict[str, CandidateList] = {}
+    for number, row in iter_jsonl(path):
+        where = f"{path}:{number}"
+        qid = _id(row, "qid", where)
+        pos = _id_list(row, "pos", where) if "pos" in row else ()
+        neg = _id_list(row, "neg", where) if "neg" in row else ()
+        ranked = _id_list(row, "ranked", where) if row.get("ranked") is not None else None
+        scores_raw = row.get("scores") or {}
+        if not isinstance(scores_raw, dict):
+            raise ValueError(f"{where}: field 'scores' must be an object {{id: grade}}")
+        scores: dict[str, float] = {}
+        for doc_id, grade in scores_raw.items():
+            if not isinstance(grade, (int, float)) or isinstance(grade, bool):
+                raise ValueError(f"{where}: field 'scores'[{doc_id!r}] must be a number")
+            scores[str(doc_id)] = grade
+        if ranked is None and not pos and not neg:
+            raise ValueError(
+                f"{where}: query {qid!r} has no candidates (fields 'pos', 'neg', 'ranked')"
+            )
+        if qid in out:
+            raise ValueError(f"{where}: duplicate query id {qid!r} in field 'qid'")
+        out[qid] = CandidateList(qid, pos, neg, scores, ranked)
+    return out
+
+
+def available_splits(folder: PathLike) -> list[str]:
+    """The split names that have a ``qrels/<split>.tsv`` in ``folder``."""
+    return sorted(p.stem for p in (Path(folder) / "qrels").glob("*.tsv"))
+
+
+def load_beir(
+    folder: PathLike,
+    split: str,
+    *,
+    candidates: bool = True,
+    corpus: Mapping[str, Document] | None = None,
+) -> BeirDataset:
+    """Load one split of a BEIR-style folder.
+
+    Args:
+        folder: the dataset folder (holding ``corpus.jsonl``, ``queries.jsonl``, ``qrels/``).
+        split: name of a ``qrels/<split>.tsv`` file.
+        candidates: also read ``candidates/<split>.jsonl`` when it exists.
+        corpus: an already loaded corpus to reuse (e.g. for a second split).
+
+    Raises:
+        FileNotFoundError: the folder, a required file or the split does not exist (the
+            message lists the available splits).
+        ValueError: a malformed line (file, line number and field are named).
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder {str(root)!r} does not exist")
+    qrels_path = root / "qrels" / f"{split}.tsv"
+    if not qrels_path.is_file():
+        raise FileNotFoundError(
+            f"split {split!r}: {qrels_path} not found; available splits: "
+            f"{available_splits(root) or 'none'}"
+        )
+    for name in ("corpus.jsonl", "queries.jsonl"):
+        if not (root / name).is_file():
+            raise FileNotFoundError(f"{root / name} not found: not a BEIR-style folder")
+    qrels = load_qrels(qrels_path)
+    docs = dict(corpus) if corpus is not None else load_corpus(root / "corpus.jsonl")
+    cand_path = root / "candidates" / f"{split}.jsonl"
+    cands = load_candidates(cand_path) if candidates and cand_path.is_file() else None
+    wanted = set(qrels) | set(cands or {})
+    queries = load_queries(root / "queries.jsonl", ids=wanted)
+    missing = [q for q in qrels if q not in queries]
+    if missing:
+        raise ValueError(
+            f"{qrels_path}: {len(missing)} query ids have no entry in queries.jsonl "
+            f"(first: {missing[0]!r})"
+        )
+    unknown = [(q, d) for q, per in qrels.items() for d in per if d not in docs]
+    if unknown:
+        logger.warning(
+            "%s: %d judged documents are not in the corpus (first: %s/%s); they count as "
+            "relevant documents that can never be retrieved",
+            qrels_path,
+            len(unknown),
+            *unknown[0],
+        )
+    if cands is not None:
+        for cand in cands.values():
+            for doc_id in cand.ids:
+                if doc_id not in docs:
+                    raise ValueError(
+                        f"{cand_path}: query {cand.qid!r} names candidate {doc_id!r}, which is "
+                        "not in corpus.jsonl"
+                    )
+    return BeirDataset(root, split, docs, queries, qrels, cands)
+
+
+# ---------------------------------------------------------------------- BM25
+_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
+_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+", re.UNICODE)
+_CJK_CHAR = re.compile(rf"[{_CJK}]")
+
+
+def bm25_tokenize(text: str, stopwords: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """Lower-cased word tokens; Chinese, Japanese and Korean text gives character unigrams
+    plus bigrams (those scripts have no spaces between words). Single ASCII letters and
+    ``stopwords`` are dropped.
+
+    >>> bm25_tokenize("BM25 ranks 头痛怎么办")
+    ['bm25', 'ranks', '头', '痛', '怎', '么', '办', '头痛', '痛怎', '怎么', '么办']
+    """
+    tokens = _TOKEN.findall(text.lower())
+    cjk = [t for t in tokens if _CJK_CHAR.fullmatch(t)]
+    bigrams: list[str] = []
+    prev: str | None = None
+    for token in tokens:
+        is_cjk = _CJK_CHAR.fullmatch(token) is not None
+        if is_cjk and prev is not None:
+            bigrams.append(prev + token)
+        prev = token if is_cjk else None
+    words = [
+        t for t in tokens if (len(t) > 1 or not t.isascii() or t.isdigit()) and t not in stopwords
+    ]
+    if not cjk:
+        return words
+    return words + bigrams
+
+
+class Bm25Index:
+    """BM25 (``bm25s``, Lucene variant) over a set of documents rendered to text.
+
+    Args:
+        ids: document ids, in the order of ``texts``.
+        texts: the document texts (e.g. title + text via a ``PassageTemplate``).
+        k1, b: the BM25 parameters.
+
+    >>> index = Bm25Index(["a", "b"], ["cats purr", "dogs bark loudly"])  # doctest: +SKIP
+    >>> index.search("dogs", k=1)  # doctest: +SKIP
+    [('b', 0.46)]
+    """
+
+    def __init__(
+        self, ids: Sequence[str], texts: Sequence[str], *, k1: float = 1.5, b: float = 0.75
+    ) -> None:
+        try:
+            import bm25s
+        except ImportError as error:
+            raise ImportError(
+                "BM25 needs the 'bm25s' package: pip install 'bge-rerank-plugins[eval]'"
+            ) from error
+        if len(ids) != len(texts):
+            raise ValueError(f"ids and texts differ in length ({len(ids)} != {len(texts)})")
+        if not ids:
+            raise ValueError("Bm25Index needs at least one document")
+        from bm25s.stopwords import STOPWORDS_EN
+
+        self._stopwords = frozenset(STOPWORDS_EN)
+        self.ids = list(ids)
+        self._position = {doc_id: i for i, doc_id in enumerate(self.ids)}
+        tokens = [bm25_tokenize(t, self._stopwords) or ["\x00empty"] for t in texts]
+        self._retriever = bm25s.BM25(k1=k1, b=b)
+        self._retriever.index(tokens, show_progress=False)
+
+    @classmethod
+    def from_corpus(
+        cls, corpus: Mapping[str, Document], template: Any = None, **params: float
+    ) -> Bm25Index:
+        """Index a loaded corpus; ``template`` (default title + text) renders each document."""
+        from .fields import PassageTemplate
+
+        tpl = (
+            template
+            if isinstance(template, PassageTemplate)
+            else PassageTemplate(template or ("title", "text"))
+        )
+        ids = list(corpus)
+        return cls(ids, [tpl.render(corpus[i]) for i in ids], **params)
+
+    def scores(self, query: str) -> Any:
+        """BM25 score of every indexed document for ``query`` (a numpy array in ``ids`` order)."""
+        return self._retriever.get_scores(bm25_tokenize(query, self._stopwords))
+
+    def search(self, query: str, k: int = 100) -> list[tuple[str, float]]:
+        """The ``k`` best ``(doc_id, score)`` pairs, best first; ties keep index order.
+
+        Documents with score 0 (no query term in common) are not returned.
+        """
+        import numpy as np
+
+        scores = self.scores(query)
+        k = min(k, len(self.ids))
+        top = np.argpartition(-scores, k - 1)[:k] if k < len(self.ids) else np.arange(len(self.ids))
+        order = sorted(top.tolist(), key=lambda i: (-float(scores[i]), i))
+        return [(self.ids[i], float(scores[i])) for i in order if scores[i] > 0]
+
+    def rerank(self, query: str, ids: Sequence[str]) -> list[str]:
+        """``ids`` sorted by BM25 score for ``query``, best first; ties keep the given order."""
+        scores = self.scores(query)
+        positions = []
+        for doc_id in ids:
+            if doc_id not in self._position:
+                raise KeyError(f"document {doc_id!r} is not in the BM25 index")
+            positions.append(self._position[doc_id])
+        order = sorted(range(len(ids)), key=lambda j: (-float(scores[positions[j]]), j))
+        return [ids[j] for j in order]
