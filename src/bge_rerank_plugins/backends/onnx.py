@@ -1,0 +1,256 @@
+"""``onnx`` and ``onnx-int8`` backends: the model exported once, run by ONNX Runtime.
+
+The export (``torch.onnx.export``, TorchScript exporter, dynamic batch and sequence axes) and the
+dynamically quantized int8 copy (``onnxruntime.quantization.quantize_dynamic``) are written to an
+``onnx/`` folder inside the model directory, or under ``~/.cache/bge_rerank_plugins/onnx/<hash>``
+when the model directory is not writable (a Hub cache, a read-only mount). A ``fingerprint.json``
+next to them records the weight files' sizes and modification times: when the weights change,
+the files are exported again.
+
+>>> from bge_rerank_plugins import CrossEncoderScorer
+>>> scorer = CrossEncoderScorer("BAAI/bge-reranker-v2-m3", backend="onnx-int8")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..loading import LoadedModel
+
+__all__ = ["OnnxRunner", "export_onnx", "onnx_cache_dir", "quantize_onnx_int8"]
+
+logger = logging.getLogger(__name__)
+
+_FP32_NAME = "model.onnx"
+_INT8_NAME = "model.int8.onnx"
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+
+_lock = threading.Lock()
+
+
+def _require_onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            "backend='onnx' / 'onnx-int8' needs ONNX Runtime: "
+            "pip install 'bge-rerank-plugins[onnx]' (onnxruntime and onnx)."
+        ) from error
+    return onnxruntime
+
+
+def _fingerprint(source: str) -> dict[str, Any]:
+    import torch
+
+    files = {}
+    root = Path(source)
+    if root.is_dir():
+        for path in sorted(root.iterdir()):
+            if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.name == "config.json"):
+                stat = path.stat()
+                files[path.name] = [stat.st_size, int(stat.st_mtime)]
+    return {"source": str(source), "files": files, "torch": torch.__version__, "format": 1}
+
+
+def _writable(folder: Path) -> bool:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError:
+        return False
+    return True
+
+
+def onnx_cache_dir(source: str) -> Path:
+    """Where the ONNX files of the model at ``source`` are kept.
+
+    ``<model dir>/onnx`` when it can be written, else
+    ``~/.cache/bge_rerank_plugins/onnx/<sha1 of the source path>`` (``$XDG_CACHE_HOME`` honoured).
+    """
+    root = Path(source)
+    if root.is_dir() and _writable(root / "onnx"):
+        return root / "onnx"
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    digest = hashlib.sha1(str(source).encode("utf-8")).hexdigest()[:16]
+    folder = base / "bge_rerank_plugins" / "onnx" / digest
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def _input_names(tokenizer: Any) -> list[str]:
+    names = ["input_ids", "attention_mask"]
+    if "token_type_ids" in getattr(tokenizer, "model_input_names", []):
+        names.append("token_type_ids")
+    return names
+
+
+def export_onnx(loaded: LoadedModel, path: str | os.PathLike[str]) -> Path:
+    """Export the float32 model of ``loaded`` to ONNX at ``path`` (dynamic batch and length).
+
+    The example batch holds two pairs of different lengths, so the traced graph keeps the
+    attention mask (a batch without padding could let a mask shortcut be traced away).
+    """
+    import torch
+
+    model = loaded.float32_model().to("cpu").eval()
+    names = _input_names(loaded.tokenizer)
+    example = loaded.tokenizer(
+        ["what is a panda?", "capital of china"],
+        [
+            "The giant panda is a bear native to China that eats bamboo.",
+            "Beijing.",
+        ],
+        padding=True,
+        return_tensors="pt",
+    )
+    args = tuple(example[name] for name in names)
+
+    class _Logits(torch.nn.Module):
+        def __init__(self, inner: Any) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, *inputs: torch.Tensor) -> torch.Tensor:
+            return self.inner(**dict(zip(names, inputs)), return_dict=True).logits
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
+    # The wrapper must be in eval mode too: the exporter restores the wrapper's mode afterwards,
+    # and a wrapper left in training mode would switch dropout on in the shared model.
+    wrapper = _Logits(model).eval()
+    try:
+        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+            # Tracer notes about shape checks turned constant; the dynamic axes cover them.
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                wrapper,
+                args,
+                str(tmp),
+                input_names=names,
+                output_names=["logits"],
+                dynamic_axes={
+                    **{n: {0: "batch", 1: "sequence"} for n in names},
+                    "logits": {0: "batch"},
+                },
+                opset_version=17,
+                dynamo=False,
+                do_constant_folding=True,
+            )
+    finally:
+        model.eval()
+    if big:
+        import onnx
+
+        graph = onnx.load(str(tmp))
+        onnx.save_model(
+            graph,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+        )
+        tmp.unlink()
+    else:
+        tmp.replace(path)
+    return path
+
+
+def quantize_onnx_int8(
+    fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str]
+) -> Path:
+    """Dynamic int8 quantization of an ONNX model (int8 weights, uint8 activations per batch)."""
+    _require_onnxruntime()
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    int8_path = Path(int8_path)
+    tmp = int8_path.with_name("tmp." + int8_path.name)
+    quantize_dynamic(
+        str(fp32_path),
+        str(tmp),
+        weight_type=QuantType.QInt8,
+        per_channel=False,
+        op_types_to_quantize=["MatMul", "Gemm"],
+    )
+    tmp.replace(int8_path)
+    return int8_path
+
+
+def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
+    folder = onnx_cache_dir(loaded.source)
+    stamp_file = folder / "fingerprint.json"
+    stamp = _fingerprint(loaded.source)
+    fp32 = folder / _FP32_NAME
+    int8 = folder / _INT8_NAME
+    try:
+        current = json.loads(stamp_file.read_text(encoding="utf-8")) == stamp
+    except (OSError, ValueError):
+        current = False
+    if not current or not fp32.exists():
+        logger.info("Exporting %s to ONNX in %s (once; reused afterwards).", loaded.name, folder)
+        for old in (fp32, int8):
+            old.unlink(missing_ok=True)
+        export_onnx(loaded, fp32)
+        stamp_file.write_text(json.dumps(stamp), encoding="utf-8")
+    if not quantize:
+        return fp32
+    if not int8.exists():
+        logger.info("Quantizing %s to int8 (once; reused afterwards).", loaded.name)
+        quantize_onnx_int8(fp32, int8)
+    return int8
+
+
+class OnnxRunner:
+    """Runs padded batches through an ONNX Runtime session; one session per model and variant."""
+
+    def __init__(self, loaded: LoadedModel, quantize: bool) -> None:
+        import torch
+
+        ort = _require_onnxruntime()
+        self.path = _prepare(loaded, quantize)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.inter_op_num_threads = 1
+        providers = ["CPUExecutionProvider"]
+        if str(loaded.device).startswith("cuda"):
+            if "CUDAExecutionProvider" in ort.get_available_providers() and not quantize:
+                providers.insert(0, "CUDAExecutionProvider")
+            else:
+                logger.warning(
+                    "ONNX Runtime has no usable CUDA provider for backend=%r here; running on "
+                    "the CPU.",
+                    "onnx-int8" if quantize else "onnx",
+                )
+        self.session = ort.InferenceSession(str(self.path), options, providers=providers)
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        self.quantize = quantize
+
+    @classmethod
+    def for_model(cls, loaded: LoadedModel, quantize: bool) -> OnnxRunner:
+        """The runner for ``loaded`` (exported and, for int8, quantized on first use)."""
+        with _lock:
+            runners = loaded.__dict__.setdefault("_backend_runners", {})
+            key = "onnx-int8" if quantize else "onnx"
+            if key not in runners:
+                runners[key] = cls(loaded, quantize)
+            return runners[key]
+
+    def __call__(self, model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        feed = {name: tensors[name].to("cpu").numpy() for name in self.input_names}
+        (logits,) = self.session.run(["logits"], feed)
+        return torch.from_numpy(logits).float()

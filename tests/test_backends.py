@@ -1,0 +1,100 @@
+"""Backends: ONNX Runtime (fp32 and int8) and torch int8 agree with the torch scores."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bge_rerank_plugins import CrossEncoderScorer
+from bge_rerank_plugins.backends import BACKENDS, check_backend
+
+QUERY = "what is the capital of China?"
+PASSAGES = [
+    "Beijing is the capital of the People's Republic of China.",
+    "Capital gains tax applies when you sell shares.",
+    "The giant panda is a bear native to south central China that eats bamboo and lives "
+    "in the mountains; it is a national symbol.",
+    "苹果是一种水果。",
+    "Rerankers reorder candidates.",
+    "The bank raised fresh capital from investors to meet the new regulatory requirements "
+    "set by the central bank of China last year.",
+]
+
+
+def _spearman(a: list[float], b: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a, b).statistic)
+
+
+def test_unknown_backend_is_named(tiny_bert):
+    with pytest.raises(ValueError, match="backend must be one of"):
+        CrossEncoderScorer(tiny_bert, backend="tensorrt")
+    assert check_backend("onnx") == "onnx"
+    assert BACKENDS[0] == "torch"
+
+
+def test_onnx_matches_torch(tiny_model):
+    pytest.importorskip("onnxruntime")
+    reference = CrossEncoderScorer(tiny_model, normalize=False, batch_size=4)
+    onnx = CrossEncoderScorer(tiny_model, normalize=False, batch_size=4, backend="onnx")
+    expected = reference.score(QUERY, PASSAGES)
+    got = onnx.score(QUERY, PASSAGES)
+    assert max(abs(x - y) for x, y in zip(expected, got)) < 1e-4
+    # Exported once, next to the model, and reused by a fresh runner.
+    folder = tiny_model / "onnx"
+    assert (folder / "model.onnx").exists()
+    stamp = json.loads((folder / "fingerprint.json").read_text())
+    assert "config.json" in stamp["files"]
+
+
+def test_onnx_reuses_the_cached_export(tiny_bert):
+    pytest.importorskip("onnxruntime")
+    from bge_rerank_plugins.loading import clear_model_cache
+
+    CrossEncoderScorer(tiny_bert, backend="onnx").score(QUERY, PASSAGES[:2])
+    path = tiny_bert / "onnx" / "model.onnx"
+    mtime = path.stat().st_mtime_ns
+    clear_model_cache()
+    CrossEncoderScorer(tiny_bert, backend="onnx").score(QUERY, PASSAGES[:2])
+    assert path.stat().st_mtime_ns == mtime
+
+
+@pytest.mark.parametrize("backend", ["onnx-int8", "torch-int8"])
+def test_int8_keeps_the_ranking(tiny_model, backend):
+    if backend == "onnx-int8":
+        pytest.importorskip("onnxruntime")
+    reference = CrossEncoderScorer(tiny_model, normalize=False)
+    quantized = CrossEncoderScorer(tiny_model, normalize=False, backend=backend)
+    expected = reference.score(QUERY, PASSAGES)
+    got = quantized.score(QUERY, PASSAGES)
+    assert len(got) == len(PASSAGES)
+    assert all(isinstance(x, float) for x in got)
+    # Quantized scores are close but not equal; the order they give is (nearly) the same.
+    assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
+    assert _spearman(expected, got) >= 0.9
+
+
+def test_cache_keys_include_the_backend(tiny_bert):
+    torch_scorer = CrossEncoderScorer(tiny_bert, normalize=False, cache_size=100)
+    int8_scorer = CrossEncoderScorer(
+        tiny_bert, normalize=False, cache_size=100, backend="torch-int8"
+    )
+    int8_scorer.cache = torch_scorer.cache  # one shared cache: the entries must not collide
+    first = torch_scorer.score(QUERY, PASSAGES)
+    second = int8_scorer.score(QUERY, PASSAGES)
+    assert len(torch_scorer.cache) == 2 * len(PASSAGES)
+    assert first != second
+
+
+@pytest.mark.minilm
+def test_int8_on_real_minilm_keeps_order(minilm_model):
+    """Real weights: the int8 ONNX scores rank passages like the float32 ones."""
+    pytest.importorskip("onnxruntime")
+    reference = CrossEncoderScorer(minilm_model, normalize=False)
+    quantized = CrossEncoderScorer(minilm_model, normalize=False, backend="onnx-int8")
+    onnx = CrossEncoderScorer(minilm_model, normalize=False, backend="onnx")
+    expected = reference.score(QUERY, PASSAGES)
+    assert max(abs(x - y) for x, y in zip(expected, onnx.score(QUERY, PASSAGES))) < 1e-4
+    assert _spearman(expected, quantized.score(QUERY, PASSAGES)) >= 0.8
