@@ -42,6 +42,7 @@ __all__ = [
     "load_corpus",
     "load_qrels",
     "load_queries",
+    "write_beir",
 ]
 
 logger = logging.getLogger(__name__)
@@ -359,6 +360,47 @@ def load_beir(
     return BeirDataset(root, split, docs, queries, qrels, cands)
 
 
+def write_beir(
+    folder: PathLike,
+    *,
+    corpus: Mapping[str, Mapping[str, Any]],
+    queries: Mapping[str, str],
+    qrels: Mapping[str, Mapping[str, Mapping[str, float]]],
+    candidates: Mapping[str, Sequence[Mapping[str, Any]]] | None = None,
+) -> Path:
+    """Write a BEIR-style folder (for tests, examples and exported splits).
+
+    Args:
+        folder: destination (created).
+        corpus: ``{doc_id: {"title": .., "text": .., ...}}``.
+        queries: ``{query_id: text}``.
+        qrels: ``{split: {query_id: {doc_id: grade}}}``.
+        candidates: ``{split: [{"qid", "pos", "neg", "scores"?, "ranked"?}, ...]}``.
+
+    >>> write_beir("tiny", corpus={"d1": {"title": "T", "text": "x"}}, queries={"q1": "x?"},
+    ...            qrels={"test": {"q1": {"d1": 1}}})  # doctest: +SKIP
+    PosixPath('tiny')
+    """
+    root = Path(folder)
+    (root / "qrels").mkdir(parents=True, exist_ok=True)
+    with (root / "corpus.jsonl").open("w", encoding="utf-8") as handle:
+        for doc_id, doc in corpus.items():
+            handle.write(json.dumps({"_id": doc_id, **doc}, ensure_ascii=False) + "\n")
+    with (root / "queries.jsonl").open("w", encoding="utf-8") as handle:
+        for qid, text in queries.items():
+            handle.write(json.dumps({"_id": qid, "text": text}, ensure_ascii=False) + "\n")
+    for split, per_query in qrels.items():
+        lines = ["query-id\tcorpus-id\tscore"]
+        lines += [f"{q}\t{d}\t{g}" for q, docs in per_query.items() for d, g in docs.items()]
+        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for split, rows in (candidates or {}).items():
+        (root / "candidates").mkdir(exist_ok=True)
+        with (root / "candidates" / f"{split}.jsonl").open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
+    return root
+
+
 # ---------------------------------------------------------------------- BM25
 _CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
 _TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+", re.UNICODE)
@@ -442,7 +484,12 @@ class Bm25Index:
 
     def scores(self, query: str) -> Any:
         """BM25 score of every indexed document for ``query`` (a numpy array in ``ids`` order)."""
-        return self._retriever.get_scores(bm25_tokenize(query, self._stopwords))
+        tokens = bm25_tokenize(query, self._stopwords)
+        if not tokens:  # nothing to match (e.g. only stopwords): every score is 0
+            import numpy as np
+
+            return np.zeros(len(self.ids), dtype=np.float32)
+        return self._retriever.get_scores(tokens)
 
     def search(self, query: str, k: int = 100) -> list[tuple[str, float]]:
         """The ``k`` best ``(doc_id, score)`` pairs, best first; ties keep index order.
