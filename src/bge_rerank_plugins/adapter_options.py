@@ -1,0 +1,223 @@
+"""Options shared by the framework adapters, and the one place that turns them into a scorer.
+
+:class:`ScorerOptions` holds what it takes to load a :class:`~bge_rerank_plugins.CrossEncoderScorer`
+(model, device, precision, batch size, max length, normalize) or an existing ``scorer`` to share.
+:class:`RerankOptions` adds what a reranking step decides (``top_n``, ``score_threshold``, a
+``template`` over text and metadata). The LlamaIndex postprocessor
+(:class:`~bge_rerank_plugins.llama_index.BGEReranker`) and the LangChain classes
+(:class:`~bge_rerank_plugins.langchain.BGERerankCompressor`,
+:class:`~bge_rerank_plugins.langchain.BGECrossEncoder`) inherit these pydantic fields, so an option
+means the same thing, with the same default, in both frameworks.
+
+The scorer is created lazily, on first use, so an adapter with a Hub id can be built and
+serialized without loading the model. This module needs pydantic (which both frameworks install);
+``import bge_rerank_plugins`` does not import it.
+
+>>> from bge_rerank_plugins.adapter_options import RerankOptions
+>>> options = RerankOptions(top_n=2, template="{title}\\n{text}")
+>>> options.record_text("Body text.", {"title": "A title"})
+'A title\\nBody text.'
+>>> options.model
+'BAAI/bge-reranker-v2-m3'
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .fields import PassageTemplate
+from .scorer import DEFAULT_MODEL, CrossEncoderScorer
+
+__all__ = ["LOADING_OPTIONS", "RerankOptions", "ScorerOptions", "build_scorer"]
+
+logger = logging.getLogger(__name__)
+
+#: Options that only matter when the adapter loads its own model (not with ``scorer=``).
+LOADING_OPTIONS = ("device", "use_fp16", "batch_size", "max_length", "trust_remote_code")
+
+# Two threads asking one adapter for its scorer at once must not load it twice.
+_build_lock = threading.Lock()
+
+
+def build_scorer(options: ScorerOptions) -> CrossEncoderScorer:
+    """Load the :class:`CrossEncoderScorer` that ``options`` describe.
+
+    The weights come from the process-wide model cache, so adapters on the same model, device
+    and precision share one copy even when each builds its own scorer.
+
+    Args:
+        options: the adapter (or a bare :class:`ScorerOptions`) whose fields say what to load.
+
+    Returns:
+        A new scorer (its weights possibly shared with other scorers).
+    """
+    logger.debug("Creating the scorer for model=%r", options.model)
+    return CrossEncoderScorer(
+        options.model,
+        device=options.device,
+        use_fp16=options.use_fp16,
+        batch_size=options.batch_size,
+        max_length=options.max_length,
+        normalize=options.normalize,
+        trust_remote_code=options.trust_remote_code,
+    )
+
+
+class ScorerOptions(BaseModel):
+    """Which cross-encoder to run and how: the fields every adapter shares.
+
+    Pass ``scorer=`` to reuse an already loaded :class:`CrossEncoderScorer` (one model for
+    LlamaIndex and LangChain in the same process); the loading options are then the scorer's
+    own, and setting them as well is an error.
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    model: str = Field(
+        default=DEFAULT_MODEL,
+        description="Hugging Face Hub id or local directory of the cross-encoder.",
+    )
+    device: str | None = Field(
+        default=None,
+        description="Device such as 'cpu', 'cuda', 'cuda:1' or 'mps'; None picks the best one.",
+    )
+    use_fp16: bool | None = Field(
+        default=None,
+        description="Run in float16; None means float16 on CUDA and float32 elsewhere.",
+    )
+    batch_size: int = Field(default=32, ge=1, description="Most pairs per forward pass.")
+    max_length: Union[Annotated[int, Field(ge=8)], Literal["auto"], None] = Field(  # noqa: UP007
+        default=None,
+        description="Most tokens per (query, passage) pair; None is the model's limit (at most "
+        "512), 'auto' fits each call's lengths. The passage is truncated, never the query.",
+    )
+    normalize: bool = Field(
+        default=True,
+        description="True: sigmoid scores in [0, 1]; False: raw logits.",
+    )
+    trust_remote_code: bool = Field(
+        default=False, description="Allow custom model code from the Hub."
+    )
+    scorer: CrossEncoderScorer | None = Field(
+        default=None,
+        exclude=True,
+        repr=False,
+        description="An existing scorer to share instead of loading a model (not serialized).",
+    )
+    _lazy_scorer: CrossEncoderScorer | None = PrivateAttr(default=None)
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_as_str(cls, value: Any) -> Any:
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        return value
+
+    @model_validator(mode="after")
+    def _adopt_shared_scorer(self) -> ScorerOptions:
+        if self.scorer is None:
+            return self
+        clashing = [name for name in LOADING_OPTIONS if name in self.model_fields_set]
+        if clashing:
+            raise ValueError(
+                f"{', '.join(clashing)}: these loading options belong to the scorer passed as "
+                "scorer=; set them when building that CrossEncoderScorer, or drop scorer= to "
+                "let this adapter load its own."
+            )
+        if "model" in self.model_fields_set and self.model != self.scorer.model_name:
+            raise ValueError(
+                f"model={self.model!r} differs from the shared scorer's model "
+                f"{self.scorer.model_name!r}; pass only scorer=, or only model=."
+            )
+        # Record what is really used, so events and serialized settings name the right model.
+        self.__dict__["model"] = self.scorer.model_name
+        if "normalize" not in self.model_fields_set:
+            self.__dict__["normalize"] = self.scorer.normalize
+        return self
+
+    def get_scorer(self) -> CrossEncoderScorer:
+        """The scorer in use: the shared one, or the one loaded on first call.
+
+        >>> shared = reranker.get_scorer()  # doctest: +SKIP
+        >>> BGERerankCompressor(scorer=shared, top_n=3)  # doctest: +SKIP
+        """
+        if self.scorer is not None:
+            return self.scorer
+        if self._lazy_scorer is None:
+            with _build_lock:
+                if self._lazy_scorer is None:
+                    self._lazy_scorer = build_scorer(self)
+        return self._lazy_scorer
+
+
+class RerankOptions(ScorerOptions):
+    """:class:`ScorerOptions` plus what a reranking step keeps and what text it scores."""
+
+    top_n: int | None = Field(
+        default=3,
+        ge=1,
+        description="Number of results to return, best first; None keeps every result that "
+        "passes score_threshold.",
+    )
+    score_threshold: float | None = Field(
+        default=None,
+        description="Drop results scoring below this (compare with normalized scores in [0, 1] "
+        "unless normalize=False).",
+    )
+    template: str | list[str] | None = Field(
+        default=None,
+        description="Text to score built from the text and metadata fields: a format string "
+        "such as '{title}\\n{section}\\n{text}' or a list of field names joined by newlines. "
+        "'text' is the node or document text.",
+    )
+    _passage_template: PassageTemplate | None = PrivateAttr(default=None)
+
+    @field_validator("template", mode="before")
+    @classmethod
+    def _template_spec(cls, value: Any) -> Any:
+        if isinstance(value, PassageTemplate):
+            if isinstance(value.template, str):
+                return value.template
+            separator = value.separator.replace("{", "{{").replace("}", "}}")
+            return separator.join("{" + name + "}" for name in value.template)
+        if isinstance(value, tuple):
+            return list(value)
+        return value
+
+    @model_validator(mode="after")
+    def _compile_template(self) -> RerankOptions:
+        if self.template is not None:
+            try:
+                self._passage_template = PassageTemplate(self.template)
+            except ValueError as error:
+                raise ValueError(str(error)) from None
+        return self
+
+    def record_text(self, text: str, metadata: Mapping[str, Any]) -> str:
+        """The text scored for a record with this main ``text`` and ``metadata``.
+
+        Without a template it is ``text``; with one it is the template rendered over
+        ``{**metadata, "text": text}`` (missing or blank fields are skipped).
+        """
+        if self._passage_template is None:
+            return text
+        return self._passage_template.render({**metadata, "text": text})
+
+    def rank_texts(self, query: str, texts: Sequence[str]) -> list[tuple[int, float]]:
+        """Score ``texts`` against ``query``; return ``(input index, score)`` best first.
+
+        Ties keep input order; ``score_threshold`` then ``top_n`` are applied.
+        """
+        scores = self.get_scorer().score(query, list(texts), normalize=self.normalize)
+        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
+        if self.score_threshold is not None:
+            order = [i for i in order if scores[i] >= self.score_threshold]
+        if self.top_n is not None:
+            order = order[: self.top_n]
+        return [(i, scores[i]) for i in order]

@@ -1,0 +1,118 @@
+"""LangChain: a document compressor and a ``BaseCrossEncoder`` on the shared scorer.
+
+Both need only ``langchain-core``. ``ContextualCompressionRetriever`` and ``CrossEncoderReranker``
+live in ``langchain-classic`` in LangChain 1.x (``pip install langchain-classic``).
+
+>>> from langchain_classic.retrievers import ContextualCompressionRetriever  # doctest: +SKIP
+>>> retriever = ContextualCompressionRetriever(  # doctest: +SKIP
+...     base_compressor=BGERerankCompressor(top_n=3), base_retriever=vector_store.as_retriever()
+... )
+
+What is mutated: nothing. :class:`BGERerankCompressor` returns new ``Document`` objects (shallow
+copies: same ``page_content`` and ``id``, a new ``metadata`` dict with ``relevance_score`` added).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.cross_encoders import BaseCrossEncoder
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import ConfigDict
+
+from .adapter_options import RerankOptions, ScorerOptions
+
+__all__ = ["BGECrossEncoder", "BGERerankCompressor"]
+
+logger = logging.getLogger(__name__)
+
+
+class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
+    """Rerank documents with a cross-encoder; keep the best ``top_n``.
+
+    Args:
+        model: Hub id or local directory (default ``BAAI/bge-reranker-v2-m3``).
+        top_n: documents to return, best first (default 3; ``None`` keeps all that pass the
+            threshold).
+        score_threshold: drop documents scoring below it.
+        normalize: sigmoid scores in [0, 1] (default) or raw logits.
+        template: score a text built from ``Document.metadata`` fields and the page content
+            (field ``text``), e.g. ``"{title}\\n{text}"``; default: the page content alone.
+        device, use_fp16, batch_size, max_length, trust_remote_code: how the model runs.
+        scorer: an existing :class:`~bge_rerank_plugins.CrossEncoderScorer` to share.
+
+    Each returned document carries ``metadata["relevance_score"]`` (a float).
+
+    Example:
+        >>> from langchain_core.documents import Document
+        >>> compressor = BGERerankCompressor(top_n=1)
+        >>> compressor.compress_documents(  # doctest: +SKIP
+        ...     [Document("Pandas eat bamboo."), Document("Paris is in France.")], "panda diet"
+        ... )
+        [Document(metadata={'relevance_score': 0.97}, page_content='Pandas eat bamboo.')]
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    def document_text(self, document: Document) -> str:
+        """The text scored for ``document``: page content, or the template over metadata."""
+        return self.record_text(document.page_content, document.metadata)
+
+    def _results(
+        self, documents: Sequence[Document], ranked: list[tuple[int, float]]
+    ) -> list[Document]:
+        return [
+            documents[i].model_copy(
+                update={"metadata": {**documents[i].metadata, "relevance_score": float(score)}}
+            )
+            for i, score in ranked
+        ]
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Rerank ``documents`` for ``query``: new documents, best first, at most ``top_n``."""
+        if not documents:
+            return []
+        texts = [self.document_text(d) for d in documents]
+        return self._results(documents, self.rank_texts(query, texts))
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`; the model runs in a worker thread."""
+        if not documents:
+            return []
+        texts = [self.document_text(d) for d in documents]
+        ranked = await asyncio.to_thread(self.rank_texts, query, texts)
+        return self._results(documents, ranked)
+
+
+class BGECrossEncoder(ScorerOptions, BaseCrossEncoder):
+    """LangChain ``BaseCrossEncoder`` on the shared scorer, for ``CrossEncoderReranker``.
+
+    Args:
+        model, device, use_fp16, batch_size, max_length, normalize, trust_remote_code, scorer:
+            as for :class:`BGERerankCompressor`.
+
+    Example:
+        >>> from langchain_classic.retrievers.document_compressors import CrossEncoderReranker
+        >>> reranker = CrossEncoderReranker(model=BGECrossEncoder(), top_n=3)
+        >>> BGECrossEncoder().score([("panda diet", "Pandas eat bamboo.")])  # doctest: +SKIP
+        [0.97]
+    """
+
+    model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        """Scores of ``(query, passage)`` pairs, in input order."""
+        return self.get_scorer().score_pairs(text_pairs, normalize=self.normalize)
