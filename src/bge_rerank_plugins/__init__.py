@@ -28,6 +28,9 @@ _EXPORTS = {
     "BGERerankCompressor": "langchain",
     "BGECrossEncoder": "langchain",
     "CrossEncoderFinetuneEngine": "finetune",
+    "evaluate_reranker": "evaluation",
+    "evaluate_models": "evaluation",
+    "load_beir": "beir",
 }
 
 __all__ = [
@@ -44,6 +47,9 @@ __all__ = [
     "ScoreCache",
     "__version__",
     "clear_model_cache",
+    "evaluate_models",
+    "evaluate_reranker",
+    "load_beir",
 ]
 
 if TYPE_CHECKING:
