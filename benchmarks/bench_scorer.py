@@ -1,0 +1,557 @@
+"""Throughput, memory, latency and score agreement of CrossEncoderScorer against its peers.
+
+    python benchmarks/bench_scorer.py                      # MiniLM cross-encoder, 400 pairs
+    python benchmarks/bench_scorer.py --model xlmr-base    # bge-reranker-base shape
+    python benchmarks/bench_scorer.py --model DIR --pairs 100 --repeats 3
+    python benchmarks/bench_scorer.py --quick              # CI: scores agree? (under a minute)
+
+Peers: sentence-transformers ``CrossEncoder.predict``, FlagEmbedding ``FlagReranker
+.compute_score`` and a naive Hugging Face loop (input order, every pair padded to max_length).
+Every library scores the same pairs with the same max_length, batch size and thread count, each
+in its own subprocess (so peak RSS is its own), timed after a warm-up; the figure is the median
+of ``--repeats`` runs. "% of peak" counts useful FLOPs only (2 x encoder weights x real tokens,
+plus attention) against a float32 2048^3 matmul measured in the same run.
+
+Workload (``--data``, default ``../shared/data/scifact``): 8 SciFact dev queries x 50 BM25
+candidates, title + leading sentences (see ``workload.py``); without the folder, built-in
+synthetic English pairs. ``--quick`` scores a few pairs in-process and exits 1 when the float32
+scores of any two libraries differ by more than ``--atol`` (raw logits).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from workload import (  # noqa: E402
+    build_xlmr_base,
+    length_stats,
+    load_corpus,
+    scifact_pairs,
+    synthetic_pairs,
+    text_of_tokens,
+)
+
+PEERS = ("st", "flag", "hf")
+LABELS = {
+    "ours": "bge-rerank-plugins",
+    "st": "sentence-transformers predict",
+    "flag": "FlagEmbedding compute_score",
+    "hf": "naive HF (pad to max_length)",
+}
+
+
+# ----------------------------------------------------------------------------- workers
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _make_scorer_fn(spec: dict):
+    """(load seconds, fn(pairs) -> raw logits) for one library."""
+    import torch
+
+    lib, model_dir = spec["lib"], spec["model_dir"]
+    ml, bs = spec["max_length"], spec["batch_size"]
+    start = time.perf_counter()
+    if lib == "ours":
+        from bge_rerank_plugins import CrossEncoderScorer
+
+        scorer = CrossEncoderScorer(
+            model_dir,
+            device="cpu",
+            max_length=ml,
+            batch_size=bs,
+            token_budget=spec.get("token_budget"),
+            normalize=False,
+            backend=spec.get("backend", "torch"),
+            cache_size=spec.get("cache_size", 0),
+            show_progress_bar=False,
+        )
+
+        def fn(pairs):
+            return scorer.score_pairs(pairs)
+
+        fn.scorer = scorer  # type: ignore[attr-defined]
+    elif lib == "st":
+        from sentence_transformers import CrossEncoder
+
+        model = CrossEncoder(model_dir, max_length=ml, device="cpu")
+        identity = torch.nn.Identity()
+
+        def fn(pairs):
+            out = model.predict(
+                pairs, batch_size=bs, activation_fn=identity, show_progress_bar=False
+            )
+            return [float(x) for x in out]
+    elif lib == "flag":
+        from FlagEmbedding import FlagReranker
+
+        model = FlagReranker(model_dir, use_fp16=False, devices="cpu", batch_size=bs, max_length=ml)
+
+        def fn(pairs):
+            out = model.compute_score(pairs, batch_size=bs, max_length=ml, normalize=False)
+            return [float(x) for x in (out if isinstance(out, list) else [out])]
+    elif lib == "hf":
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+
+        def fn(pairs):
+            scores = []
+            with torch.inference_mode():
+                for i in range(0, len(pairs), bs):
+                    chunk = pairs[i : i + bs]
+                    enc = tokenizer(
+                        [q for q, _ in chunk],
+                        [p for _, p in chunk],
+                        padding="max_length",
+                        truncation="only_second",
+                        max_length=ml,
+                        return_tensors="pt",
+                    )
+                    scores += model(**enc).logits[:, 0].float().tolist()
+            return scores
+    else:
+        raise ValueError(f"unknown library {lib!r}")
+    return time.perf_counter() - start, fn
+
+
+def run_worker(spec: dict) -> dict:
+    """Load one library, warm up, time the repeats; optional latency, cache and scaling runs."""
+    import torch
+
+    torch.set_num_threads(spec["threads"])
+    pairs = [tuple(p) for p in spec["pairs"]]
+    load_s, fn = _make_scorer_fn(spec)
+    fn(pairs[: min(len(pairs), 16)])  # warm-up (and ONNX export / quantization if first use)
+    times, scores = [], []
+    for _ in range(spec["repeats"]):
+        t0 = time.perf_counter()
+        scores = fn(pairs)
+        times.append(time.perf_counter() - t0)
+    result = {
+        "lib": spec["lib"],
+        "backend": spec.get("backend", "torch"),
+        "load_s": load_s,
+        "times": times,
+        "seconds": statistics.median(times),
+        "scores": scores,
+    }
+    if spec.get("latency_calls"):
+        small = pairs[: spec.get("latency_pairs", 20)]
+        for _ in range(3):
+            fn(small)
+        lat = []
+        for _ in range(spec["latency_calls"]):
+            t0 = time.perf_counter()
+            fn(small)
+            lat.append(time.perf_counter() - t0)
+        result["latency_p50_ms"] = 1000 * statistics.median(lat)
+    if spec.get("cache_check") and spec["lib"] == "ours":
+        from bge_rerank_plugins import CrossEncoderScorer
+
+        base = fn.scorer  # type: ignore[attr-defined]
+        cached = CrossEncoderScorer(
+            spec["model_dir"],
+            device="cpu",
+            max_length=spec["max_length"],
+            batch_size=spec["batch_size"],
+            normalize=False,
+            backend=base.backend,
+            cache_size=4 * len(pairs),
+        )
+        t0 = time.perf_counter()
+        first = cached.score_pairs(pairs)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        second = cached.score_pairs(pairs)
+        warm = time.perf_counter() - t0
+        result["cache"] = {"cold_s": cold, "warm_s": warm, "same": first == second}
+    if spec.get("scaling"):
+        result["scaling"] = run_scaling(fn.scorer, spec)  # type: ignore[attr-defined]
+    result["peak_rss_mb"] = _peak_rss_mb()
+    return result
+
+
+def run_scaling(scorer, spec: dict) -> dict:
+    """Time vs number of passages and vs passage length (2,048 tokens through chunking)."""
+    from bge_rerank_plugins.chunking import score_chunked
+
+    query = spec["pairs"][0][0]
+    docs = spec["scaling_docs"]
+    rows = []
+    for n in spec.get("scaling_counts", (10, 100, 1000)):
+        passages = [docs[i % len(docs)] for i in range(n)]
+        t0 = time.perf_counter()
+        scorer.score(query, passages)
+        seconds = time.perf_counter() - t0
+        rows.append({"kind": "passages", "n": n, "tokens": None, "seconds": seconds})
+    source = " ".join(docs[:50])
+    per = spec.get("scaling_length_passages", 16)
+    for tokens in (128, 512, 2048):
+        text = text_of_tokens(scorer.tokenizer, source, tokens)
+        passages = [text] * per
+        # Different passages: shift each by a few words so nothing is trivially repeated.
+        passages = [f"{i} {text}" for i in range(per)]
+        t0 = time.perf_counter()
+        if tokens <= 128:
+            scorer.score(query, passages)
+            windows = per
+        else:
+            scores = score_chunked(scorer, query, passages, overlap=32)
+            windows = scores.windows
+        seconds = time.perf_counter() - t0
+        rows.append(
+            {"kind": "length", "n": per, "tokens": tokens, "seconds": seconds, "windows": windows}
+        )
+    return {"rows": rows}
+
+
+def _spawn(spec: dict, threads: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        spec_path, out_path = Path(tmp) / "spec.json", Path(tmp) / "out.json"
+        spec_path.write_text(json.dumps(spec), encoding="utf-8")
+        env = dict(os.environ)
+        env.update(
+            OMP_NUM_THREADS=str(threads),
+            MKL_NUM_THREADS=str(threads),
+            TOKENIZERS_PARALLELISM="false",
+            HF_HUB_OFFLINE="1",
+            TRANSFORMERS_OFFLINE="1",
+        )
+        proc = subprocess.run(
+            [sys.executable, __file__, "--worker", str(spec_path), "--out", str(out_path)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if proc.returncode != 0:
+            tail = "\n".join(proc.stderr.splitlines()[-15:])
+            print(f"  ! {spec['lib']}/{spec.get('backend')} failed:\n{tail}", file=sys.stderr)
+            return {"lib": spec["lib"], "backend": spec.get("backend"), "error": tail}
+        return json.loads(out_path.read_text(encoding="utf-8"))
+
+
+# ----------------------------------------------------------------------------- main side
+def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def useful_gflop(config: dict, lengths: list[int], max_length: int) -> float:
+    """2 x encoder weights x real tokens + attention (QK^T and AV), in GFLOP."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    inter = config["intermediate_size"]
+    per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
+    total = 0.0
+    for n in lengths:
+        n = min(n, max_length)
+        total += per_token * n + layers * 4 * n * n * hidden
+    return total / 1e9
+
+
+def resolve_model(name: str, data: Path | None) -> Path:
+    cache = ROOT / ".cache" / "bench-models"
+    if name == "minilm":
+        from bge_rerank_plugins.minilm import build_minilm_cross_encoder
+
+        return Path(build_minilm_cross_encoder(cache / "minilm-ce"))
+    if name == "xlmr-base":
+        return build_xlmr_base(cache / "xlmr-base", data)
+    path = Path(name)
+    if not (path / "config.json").exists():
+        raise SystemExit(f"--model must be minilm, xlmr-base or a model directory, got {name!r}")
+    return path
+
+
+def _max_abs(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) for x, y in zip(a, b)) if a and b else float("nan")
+
+
+def _per_query_spearman(a: list[float], b: list[float], per_query: int) -> float:
+    from scipy.stats import spearmanr
+
+    values = []
+    for i in range(0, len(a), per_query):
+        values.append(float(spearmanr(a[i : i + per_query], b[i : i + per_query]).statistic))
+    return min(values)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="minilm", help="minilm, xlmr-base or a model dir")
+    parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
+    parser.add_argument("--pairs", type=int, default=400, help="8 queries x pairs/8 passages")
+    parser.add_argument("--queries", type=int, default=8)
+    parser.add_argument("--passages", choices=("chunks", "full"), default="chunks")
+    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--token-budget", type=int, default=None)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--peers", default="st,flag,hf", help="comma list of st, flag, hf")
+    parser.add_argument(
+        "--backends", default="torch,onnx,onnx-int8,torch-int8", help="our backends to time"
+    )
+    parser.add_argument("--latency-calls", type=int, default=50, help="0 skips the latency run")
+    parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument("--atol", type=float, default=1e-4, help="float32 agreement tolerance")
+    parser.add_argument("--quick", action="store_true", help="agreement check only, < 1 min")
+    parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        spec = json.loads(args.worker.read_text(encoding="utf-8"))
+        args.out.write_text(json.dumps(run_worker(spec)), encoding="utf-8")
+        return 0
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    return run_quick(args) if args.quick else run_full(args)
+
+
+def _pairs(args, per_query: int) -> tuple[list[tuple[str, str]], str]:
+    if args.data and (args.data / "corpus.jsonl").exists():
+        pairs = scifact_pairs(
+            args.data, queries=args.queries, per_query=per_query, passages=args.passages
+        )
+        return pairs, f"SciFact dev ({args.passages})"
+    return synthetic_pairs(args.queries, per_query), "synthetic English"
+
+
+def run_quick(args) -> int:
+    """Score a few pairs with every installed library in-process; fail if they disagree."""
+    import importlib.util
+
+    model_dir = resolve_model(args.model, args.data)
+    pairs, source = _pairs(argparse.Namespace(**{**vars(args), "queries": 2}), 8)
+    libs = [("ours", "torch")]
+    if importlib.util.find_spec("onnxruntime"):
+        libs.append(("ours", "onnx"))
+    for peer in ("st", "flag"):
+        module = {"st": "sentence_transformers", "flag": "FlagEmbedding"}[peer]
+        if peer in args.peers.split(",") and importlib.util.find_spec(module):
+            libs.append((peer, "torch"))
+    results = {}
+    for lib, backend in libs:
+        spec = {
+            "lib": lib,
+            "backend": backend,
+            "model_dir": str(model_dir),
+            "pairs": pairs,
+            "max_length": args.max_length,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+            "repeats": 1,
+        }
+        results[(lib, backend)] = run_worker(spec)
+    reference = results[("ours", "torch")]["scores"]
+    print(f"quick check: {len(pairs)} pairs ({source}), model {model_dir}")
+    print("| library | backend | seconds | max abs diff vs ours/torch |")
+    print("|---|---|---|---|")
+    worst = 0.0
+    for (lib, backend), res in results.items():
+        diff = _max_abs(reference, res["scores"])
+        worst = max(worst, diff)
+        print(f"| {LABELS[lib]} | {backend} | {res['seconds']:.2f} | {diff:.2e} |")
+    ok = worst <= args.atol
+    print(f"agreement: max abs diff {worst:.2e} {'<=' if ok else '>'} atol {args.atol:g}")
+    return 0 if ok else 1
+
+
+def run_full(args) -> int:
+    import torch
+
+    load = os.getloadavg()
+    model_dir = resolve_model(args.model, args.data)
+    per_query = max(1, args.pairs // args.queries)
+    pairs, source = _pairs(args, per_query)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(model_dir))
+    tokenizer.backend_tokenizer.no_truncation()
+    stats = length_stats(tokenizer, pairs, args.max_length)
+    gflop = useful_gflop(config, stats["lengths"], args.max_length)
+    peak = gemm_peak_gflops(args.threads)
+    print(f"# bench_scorer: model {args.model} ({model_dir.name}), {len(pairs)} pairs, {source}")
+    print(
+        f"pair tokens: median {stats['median']:.0f}, p95 {stats['p95']}, max {stats['max']}, "
+        f"{stats['over_max_length']} over {args.max_length}; real tokens "
+        f"{stats['real_tokens']}; useful work {gflop:.0f} GFLOP"
+    )
+    print(
+        f"threads {args.threads}, batch {args.batch_size}, max_length {args.max_length}, "
+        f"repeats {args.repeats}; torch {torch.__version__}; GEMM peak {peak:.0f} GFLOP/s; "
+        f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} "
+        "CPUs"
+    )
+    base = {
+        "model_dir": str(model_dir),
+        "pairs": pairs,
+        "max_length": args.max_length,
+        "batch_size": args.batch_size,
+        "token_budget": args.token_budget,
+        "threads": args.threads,
+        "repeats": args.repeats,
+    }
+    latency_pairs = pairs[:20]
+    runs = []
+    for backend in [b for b in args.backends.split(",") if b]:
+        spec = {**base, "lib": "ours", "backend": backend}
+        if backend == "torch":
+            spec["cache_check"] = True
+        if args.latency_calls and backend in ("torch", "onnx", "onnx-int8"):
+            spec["latency_calls"] = args.latency_calls
+        print(f"  running ours/{backend} ...", file=sys.stderr, flush=True)
+        runs.append(_spawn(spec, args.threads))
+    for peer in [p for p in args.peers.split(",") if p]:
+        spec = {**base, "lib": peer}
+        if peer == "st" and args.latency_calls:
+            spec["latency_calls"] = args.latency_calls
+        print(f"  running {peer} ...", file=sys.stderr, flush=True)
+        runs.append(_spawn(spec, args.threads))
+    ok_runs = [r for r in runs if "error" not in r]
+    by = {(r["lib"], r["backend"]): r for r in ok_runs}
+    ours_fp32 = by.get(("ours", "torch"))
+    peers = {r["lib"]: r for r in ok_runs if r["lib"] != "ours"}
+    print()
+    head = "| library | backend | pairs/s | " + " | ".join(f"x {p}" for p in peers) + " |"
+    head += " % GEMM peak | peak RSS MB | " + " | ".join(f"max abs diff vs {p}" for p in peers)
+    head += " | min per-query Spearman vs ours fp32 |"
+    print(head)
+    print("|" + "---|" * (head.count("|") - 1))
+    worst_fp32 = 0.0
+    for r in ok_runs:
+        rate = len(pairs) / r["seconds"]
+        cells = [LABELS[r["lib"]], r["backend"] if r["lib"] == "ours" else "torch", f"{rate:.1f}"]
+        cells += [f"{rate / (len(pairs) / p['seconds']):.2f}" for p in peers.values()]
+        cells.append(f"{100 * gflop / r['seconds'] / peak:.0f}%")
+        cells.append(f"{r['peak_rss_mb']:.0f}")
+        for p in peers.values():
+            diff = _max_abs(r["scores"], p["scores"])
+            cells.append(f"{diff:.1e}")
+            if "int8" not in r["backend"]:
+                worst_fp32 = max(worst_fp32, diff)
+        rho = (
+            _per_query_spearman(ours_fp32["scores"], r["scores"], per_query)
+            if ours_fp32
+            else float("nan")
+        )
+        cells.append(f"{rho:.4f}")
+        print("| " + " | ".join(cells) + " |")
+    print()
+    lat = {
+        f"{LABELS[r['lib']]} ({r['backend']})": r["latency_p50_ms"]
+        for r in ok_runs
+        if "latency_p50_ms" in r
+    }
+    if lat:
+        st_lat = peers.get("st", {}).get("latency_p50_ms")
+        print(
+            f"small requests: 1 query x {len(latency_pairs)} passages, p50 of "
+            f"{args.latency_calls} calls"
+        )
+        print("| library | p50 ms | vs ST |")
+        print("|---|---|---|")
+        for name, ms in lat.items():
+            ratio = f"{ms / st_lat:.2f}" if st_lat else "-"
+            print(f"| {name} | {ms:.0f} | {ratio} |")
+        print()
+    if ours_fp32 and "cache" in ours_fp32:
+        c = ours_fp32["cache"]
+        print(
+            f"score cache: first pass {c['cold_s']:.2f} s, repeat {1000 * c['warm_s']:.1f} ms "
+            f"({c['cold_s'] / c['warm_s']:.0f}x faster), same scores: {c['same']}"
+        )
+        print()
+    if not args.no_scaling and ok_runs:
+        best = max(
+            (r for r in ok_runs if r["lib"] == "ours" and "int8" not in r["backend"]),
+            key=lambda r: len(pairs) / r["seconds"],
+            default=None,
+        )
+        if best is not None:
+            print_scaling(args, base, best["backend"])
+    if args.json:
+        args.json.write_text(json.dumps({"stats": {**stats, "lengths": None}, "runs": runs}))
+    ok = worst_fp32 <= args.atol
+    print(
+        f"float32 agreement: max abs diff {worst_fp32:.1e} ({'ok' if ok else 'FAIL'}, "
+        f"atol {args.atol:g}); load average at end {os.getloadavg()[0]:.2f}"
+    )
+    return 0 if ok else 1
+
+
+def print_scaling(args, base: dict, backend: str) -> None:
+    docs = []
+    if args.data and (args.data / "corpus.jsonl").exists():
+        docs = [f"{t}\n{x}".strip() for t, x in list(load_corpus(args.data).values())[:1000]]
+    else:
+        docs = [p for _, p in synthetic_pairs(4, 50)]
+    spec = {
+        **base,
+        "lib": "ours",
+        "backend": backend,
+        "repeats": 1,
+        "pairs": base["pairs"][:16],
+        "scaling": True,
+        "scaling_docs": docs,
+    }
+    print(f"  running scaling (ours/{backend}) ...", file=sys.stderr, flush=True)
+    res = _spawn(spec, args.threads)
+    if "error" in res:
+        return
+    rows = res["scaling"]["rows"]
+    print(
+        f"scaling (ours, backend {backend}): time vs number of passages (whole abstracts, "
+        f"max_length {args.max_length})"
+    )
+    print("| passages | seconds | ms per passage |")
+    print("|---|---|---|")
+    for row in rows:
+        if row["kind"] == "passages":
+            print(f"| {row['n']} | {row['seconds']:.2f} | {1000 * row['seconds'] / row['n']:.0f} |")
+    print()
+    print(
+        "time vs passage length (16 passages; 2,048 tokens scored as overlapping 512-token "
+        "windows, max aggregated)"
+    )
+    print("| passage tokens | windows | seconds | ms per passage | ms per 1k passage tokens |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        if row["kind"] == "length":
+            per = 1000 * row["seconds"] / row["n"]
+            print(
+                f"| {row['tokens']} | {row['windows']} | {row['seconds']:.2f} | {per:.0f} | "
+                f"{1000 * per / row['tokens']:.0f} |"
+            )
+    print()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

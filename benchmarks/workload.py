@@ -1,0 +1,227 @@
+"""Workloads and models for ``bench_scorer.py``.
+
+- :func:`scifact_pairs`: 8 queries x 50 BM25 candidates from SciFact dev. Each passage is the
+  document title plus a leading run of its abstract's sentences whose length is drawn from a
+  seeded log-normal (median about 800 characters): RAG-style chunks with a long tail of whole
+  abstracts, the shape of the baseline workload (median ~167 tokens, ~2% over 512).
+  ``passages="full"`` keeps whole title + abstract (median ~440 tokens).
+- :func:`synthetic_pairs`: English pairs made from built-in sentences, for runs without data.
+- :func:`build_xlmr_base`: a random-weight model with the shape of bge-reranker-base
+  (XLM-RoBERTa base: hidden 768, 12 layers, 12 heads, FFN 3072, vocab 250,002, 514 positions).
+  No real XLM-R sentencepiece model is available offline, so its tokenizer is a Unigram model
+  (the same algorithm as sentencepiece) trained with ``tokenizers`` on the SciFact corpus, 32k
+  pieces: English text gets realistic token counts (close to a WordPiece tokenizer's).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import statistics
+from pathlib import Path
+
+__all__ = [
+    "build_xlmr_base",
+    "length_stats",
+    "load_corpus",
+    "scifact_pairs",
+    "synthetic_pairs",
+    "text_of_tokens",
+]
+
+_SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\[])")
+
+SYNTHETIC_QUERIES = (
+    "what reduces the risk of heart attack",
+    "how do rerankers reorder retrieval candidates",
+    "effect of vaccination on infection rates in adults",
+    "boundary layer transition at supersonic speed",
+)
+SYNTHETIC_SENTENCES = (
+    "A cross-encoder reads the query and the passage together and returns one relevance score.",
+    "Rerankers reorder the candidates that a fast first-stage retriever such as BM25 returns.",
+    "Aspirin reduces fever and pain and lowers the risk of heart attack in some patients.",
+    "Boundary layer transition on a flat plate at supersonic speed was measured in the tunnel.",
+    "The vaccine trial enrolled four thousand adults and reported an efficacy of ninety percent.",
+    "Long documents are split into chunks and each chunk is scored against the query.",
+    "Fine-tuning on domain data teaches the reranker the jargon of medicine, law and finance.",
+    "Mixed precision halves memory use, and bfloat16 keeps the range of float32.",
+    "The giant panda is a bear native to south central China that eats bamboo.",
+    "Capital gains tax applies when you sell shares or property for more than you paid.",
+)
+
+
+def load_corpus(data: Path) -> dict[str, tuple[str, str]]:
+    """``{doc id: (title, text)}`` of a BEIR-style folder."""
+    corpus = {}
+    with open(data / "corpus.jsonl", encoding="utf-8") as f:
+        for line in f:
+            doc = json.loads(line)
+            corpus[doc["_id"]] = (doc.get("title", "") or "", doc.get("text", "") or "")
+    return corpus
+
+
+def _chunk(title: str, text: str, budget: float) -> str:
+    sentences = _SENTENCE.split(text.strip()) if text.strip() else []
+    kept: list[str] = []
+    size = len(title)
+    for sentence in sentences:
+        if kept and size + len(sentence) > budget:
+            break
+        kept.append(sentence)
+        size += len(sentence) + 1
+    return (title + "\n" + " ".join(kept)).strip()
+
+
+def scifact_pairs(
+    data: Path,
+    *,
+    queries: int = 8,
+    per_query: int = 50,
+    split: str = "dev",
+    passages: str = "chunks",
+    seed: int = 0,
+) -> list[tuple[str, str]]:
+    """``queries x per_query`` (query, passage) pairs from a BEIR folder's BM25 candidates.
+
+    Args:
+        data: the SciFact folder (``corpus.jsonl``, ``queries.jsonl``, ``candidates/``).
+        passages: ``"chunks"`` (title + leading sentences, seeded log-normal length) or
+            ``"full"`` (title + whole abstract).
+    """
+    if passages not in ("chunks", "full"):
+        raise ValueError(f"passages must be 'chunks' or 'full', got {passages!r}")
+    corpus = load_corpus(data)
+    texts = {}
+    with open(data / "queries.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            texts[row["_id"]] = row["text"]
+    rng = random.Random(seed)
+    pairs: list[tuple[str, str]] = []
+    taken = 0
+    with open(data / "candidates" / f"{split}.jsonl", encoding="utf-8") as f:
+        for line in f:
+            row = json.loads(line)
+            ids = row.get("ranked") or (row["pos"] + row["neg"])
+            if len(ids) < per_query or row["qid"] not in texts:
+                continue
+            for doc_id in ids[:per_query]:
+                title, text = corpus[doc_id]
+                if passages == "full":
+                    pairs.append((texts[row["qid"]], (title + "\n" + text).strip()))
+                else:
+                    budget = math.exp(rng.gauss(math.log(800), 0.7))
+                    pairs.append((texts[row["qid"]], _chunk(title, text, budget)))
+            taken += 1
+            if taken >= queries:
+                break
+    return pairs
+
+
+def synthetic_pairs(queries: int = 2, per_query: int = 8, seed: int = 0) -> list[tuple[str, str]]:
+    """Pairs built from built-in English sentences (no data needed), 1 to 12 sentences each."""
+    rng = random.Random(seed)
+    pairs = []
+    for q in range(queries):
+        query = SYNTHETIC_QUERIES[q % len(SYNTHETIC_QUERIES)]
+        for _ in range(per_query):
+            n = rng.randint(1, 12)
+            pairs.append((query, " ".join(rng.choice(SYNTHETIC_SENTENCES) for _ in range(n))))
+    return pairs
+
+
+def text_of_tokens(tokenizer: object, source: str, tokens: int) -> str:
+    """A prefix of ``source`` (repeated as needed) that is ``tokens`` tokens long."""
+    backend = tokenizer.backend_tokenizer  # type: ignore[attr-defined]
+    text = source
+    while len(backend.encode(text, add_special_tokens=False).ids) < tokens:
+        text = text + " " + source
+    encoding = backend.encode(text, add_special_tokens=False)
+    return text[: encoding.offsets[tokens - 1][1]]
+
+
+def length_stats(tokenizer: object, pairs: list[tuple[str, str]], max_length: int) -> dict:
+    """Token lengths of the pairs (special tokens included, before truncation)."""
+    encoded = tokenizer(  # type: ignore[operator]
+        [q for q, _ in pairs], [p for _, p in pairs], truncation=False, verbose=False
+    )
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    ordered = sorted(lengths)
+    return {
+        "lengths": lengths,
+        "median": statistics.median(lengths),
+        "p95": ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)],
+        "max": ordered[-1],
+        "over_max_length": sum(n > max_length for n in lengths),
+        "real_tokens": sum(min(n, max_length) for n in lengths),
+    }
+
+
+def build_xlmr_base(out_dir: Path, data: Path | None, vocab_size: int = 32000) -> Path:
+    """Build (once) a random XLM-R-base-shaped cross-encoder with a trained Unigram tokenizer."""
+    out_dir = Path(out_dir)
+    if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
+        return out_dir
+    import torch
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers.trainers import UnigramTrainer
+    from transformers import (
+        XLMRobertaConfig,
+        XLMRobertaForSequenceClassification,
+        XLMRobertaTokenizerFast,
+    )
+
+    if data is not None and (data / "corpus.jsonl").exists():
+        lines = [f"{t}\n{x}" for t, x in load_corpus(data).values()]
+    else:
+        lines = list(SYNTHETIC_SENTENCES) * 20
+        vocab_size = min(vocab_size, 800)
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.normalizer = normalizers.NFKC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    trainer = UnigramTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        unk_token="<unk>",
+    )
+    tokenizer.train_from_iterator(lines, trainer=trainer)
+    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>",
+        pair="<s> $A </s> </s> $B </s>",
+        special_tokens=[("<s>", bos), ("</s>", eos)],
+    )
+    tokenizer.decoder = decoders.Metaspace()
+    fast = XLMRobertaTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        sep_token="</s>",
+        cls_token="<s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=512,
+    )
+    config = XLMRobertaConfig(
+        vocab_size=250002,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        intermediate_size=3072,
+        max_position_embeddings=514,
+        type_vocab_size=1,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        num_labels=1,
+    )
+    torch.manual_seed(0)
+    model = XLMRobertaForSequenceClassification(config).eval()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    fast.save_pretrained(out_dir)
+    return out_dir
