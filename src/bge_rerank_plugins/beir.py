@@ -465,7 +465,15 @@ class Bm25Index:
         self._position = {doc_id: i for i, doc_id in enumerate(self.ids)}
         tokens = [bm25_tokenize(t, self._stopwords) or ["\x00empty"] for t in texts]
         self._retriever = bm25s.BM25(k1=k1, b=b)
-        self._retriever.index(tokens, show_progress=False)
+        # bm25s pins its logger at DEBUG, which floods applications that log at INFO or
+        # lower; quieten it while indexing only.
+        bm25s_logger = logging.getLogger("bm25s")
+        level = bm25s_logger.level
+        bm25s_logger.setLevel(max(level, logging.WARNING))
+        try:
+            self._retriever.index(tokens, show_progress=False)
+        finally:
+            bm25s_logger.setLevel(level)
 
     @classmethod
     def from_corpus(

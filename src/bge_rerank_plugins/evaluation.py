@@ -325,8 +325,7 @@ def prepare_queries(
                 missing += 1
                 ids = []
             elif cand.ranked is not None:
-                ids = list(cand.ranked)
-                name = "first stage (given order)"
+                ids = list(cand.ranked)  # the layout's "ranked" lists are in BM25 order
             else:
                 assert bm25 is not None
                 ids = bm25.rerank(text, cand.ids)
@@ -340,16 +339,7 @@ def prepare_queries(
             missing,
             len(selected),
         )
-    if source == "given" and name == "first stage (given order)":
-        name = "BM25" if _looks_bm25(dataset) else name
     return out, name, skipped
-
-
-def _looks_bm25(dataset: BeirDataset) -> bool:
-    # The shared data's "ranked" lists are BM25 orders (README of the data folders).
-    return dataset.candidates is not None and any(
-        c.ranked is not None for c in dataset.candidates.values()
-    )
 
 
 # ---------------------------------------------------------------------- evaluation
