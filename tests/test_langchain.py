@@ -250,3 +250,18 @@ def test_example_runs_offline(tiny_xlmr: Path, monkeypatch, capsys) -> None:
     assert "relevance_score=" in out
     assert out.count("relevance_score=") == 2
     assert "same documents: True" in out
+
+
+def test_pickle_and_deepcopy_leave_the_model_out(scorer: CrossEncoderScorer) -> None:
+    import copy
+    import pickle
+
+    compressor = BGERerankCompressor(scorer=scorer, top_n=2, template=["title", "text"])
+    restored = pickle.loads(pickle.dumps(compressor))
+    assert restored.scorer is None and restored.model == scorer.model_name
+    assert restored.template == ["title", "text"] and restored.top_n == 2
+    clone = copy.deepcopy(compressor)
+    assert clone.scorer is scorer  # a loaded model is shared, not duplicated
+    assert clone.template == compressor.template and clone.template is not compressor.template
+    docs = documents()
+    assert restored.compress_documents(docs, "lava") == compressor.compress_documents(docs, "lava")

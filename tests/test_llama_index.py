@@ -385,3 +385,14 @@ def test_example_runs_offline(tiny_xlmr: Path, monkeypatch, capsys) -> None:
     out = capsys.readouterr().out
     assert "Reranked sources" in out
     assert out.count("score=") == 2
+
+
+def test_pickle_drops_the_loaded_model(tiny_xlmr: Path) -> None:
+    import pickle
+
+    reranker = BGEReranker(model=tiny_xlmr, device="cpu", top_n=2)
+    first = reranker.postprocess_nodes(make_nodes(TEXTS), query_str="lava")
+    restored = pickle.loads(pickle.dumps(reranker))
+    assert restored._lazy_scorer is None and reranker._lazy_scorer is not None
+    again = restored.postprocess_nodes(make_nodes(TEXTS), query_str="lava")
+    assert [(n.node.node_id, n.score) for n in again] == [(n.node.node_id, n.score) for n in first]

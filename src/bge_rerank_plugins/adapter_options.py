@@ -23,6 +23,7 @@ serialized without loading the model. This module needs pydantic (which both fra
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import threading
@@ -140,6 +141,27 @@ class ScorerOptions(BaseModel):
         if "normalize" not in self.model_fields_set:
             self.__dict__["normalize"] = self.scorer.normalize
         return self
+
+    def __getstate__(self) -> dict[Any, Any]:
+        """Pickle the options, not the model: the restored adapter loads ``model`` on first use.
+
+        A scorer holds a loaded network and locks; it is process-local and left out (a shared
+        ``scorer=`` too).
+        """
+        if self.scorer is None and self._lazy_scorer is None:
+            return super().__getstate__()
+        bare = copy.copy(self)
+        bare.__dict__["scorer"] = None
+        bare._lazy_scorer = None
+        return bare.__getstate__()
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> ScorerOptions:
+        """Deep copies share the scorer (a loaded model is a resource, not a value)."""
+        memo = {} if memo is None else memo
+        for scorer in (self.scorer, self._lazy_scorer):
+            if scorer is not None:
+                memo[id(scorer)] = scorer
+        return super().__deepcopy__(memo)
 
     def get_scorer(self) -> CrossEncoderScorer:
         """The scorer in use: the shared one, or the one loaded on first call.
