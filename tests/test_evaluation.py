@@ -210,6 +210,23 @@ def test_judged_lists_are_ordered_by_bm25_not_positives_first(tmp_path):
     assert result.metrics["hit@1"] == 0.0
 
 
+def test_bm25_ties_in_judged_lists_do_not_follow_the_labels(tmp_path):
+    corpus = {f"d{i}": {"title": "", "text": f"unrelated text {i}"} for i in range(8)}
+    orders = []
+    for name, pos, neg in (("a", ["d0"], ["d1", "d2", "d3"]), ("b", ["d3"], ["d2", "d1", "d0"])):
+        folder = write_beir(
+            tmp_path / name,
+            corpus=corpus,
+            queries={"q": "tea"},  # no document matches: every BM25 score is 0
+            qrels={"dev": {"q": {pos[0]: 1}}},
+            candidates={"dev": [{"qid": "q", "pos": pos, "neg": neg}]},
+        )
+        orders.append(evaluate_reranker(None, folder, "dev").per_query[0].ranking)
+    # the same candidate set gives the same order, whichever document is the positive
+    assert orders[0] == orders[1]
+    assert sorted(orders[0]) == ["d0", "d1", "d2", "d3"]
+
+
 def test_given_candidates_required(tmp_path):
     folder = write_beir(
         tmp_path / "nocands",

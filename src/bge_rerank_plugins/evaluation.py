@@ -48,6 +48,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -270,7 +271,8 @@ def prepare_queries(
             relevant document.
         candidates: ``"given"`` (the candidates file: its ``ranked`` order, or, for judged lists
             without one, the lists sorted by BM25 so that the file's positives-first order
-            never leaks into the ranking), ``"bm25"`` (BM25 top ``top_k`` over the whole
+            never leaks into the ranking; BM25 ties are broken by a shuffle seeded with the query
+            id), ``"bm25"`` (BM25 top ``top_k`` over the whole
             corpus, with ``bm25s``), or ``"auto"`` (``"given"`` when the file exists).
         relevance_threshold: the lowest grade that counts as relevant.
         template: renders documents for BM25 (default title + text).
@@ -327,8 +329,12 @@ def prepare_queries(
             elif cand.ranked is not None:
                 ids = list(cand.ranked)  # the layout's "ranked" lists are in BM25 order
             else:
+                # Judged lists come positives first: sort and shuffle (seeded by the query id)
+                # before the stable BM25 sort, so that BM25 ties never follow the labels.
                 assert bm25 is not None
-                ids = bm25.rerank(text, cand.ids)
+                ids = sorted(cand.ids)
+                random.Random(f"ties/{qid}").shuffle(ids)
+                ids = bm25.rerank(text, ids)
                 name = "BM25 (over given candidates)"
         if top_k is not None:
             ids = ids[:top_k]
