@@ -269,11 +269,11 @@ def prepare_queries(
         top_k: candidates kept per query (``None``: all).
         max_queries: evaluate only the first this many queries (qrels order) that have a
             relevant document.
-        candidates: ``"given"`` (the candidates file: its ``ranked`` order, or, for judged lists
-            without one, the lists sorted by BM25 so that the file's positives-first order
-            never leaks into the ranking; BM25 ties are broken by a shuffle seeded with the query
-            id), ``"bm25"`` (BM25 top ``top_k`` over the whole
-            corpus, with ``bm25s``), or ``"auto"`` (``"given"`` when the file exists).
+        candidates: ``"given"`` (the candidates file: its ``ranked`` order; judged lists
+            without one are sorted by BM25, BM25 ties broken by a shuffle seeded with the
+            query id, so the file's positives-first order never leaks into the ranking),
+            ``"bm25"`` (BM25 top ``top_k`` over the whole corpus, with ``bm25s``), or
+            ``"auto"`` (``"given"`` when the file exists).
         relevance_threshold: the lowest grade that counts as relevant.
         template: renders documents for BM25 (default title + text).
         bm25: a prebuilt index to reuse.
