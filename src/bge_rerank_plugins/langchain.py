@@ -15,11 +15,12 @@ copies: same ``page_content`` and ``id``, a new ``metadata`` dict with ``relevan
 from __future__ import annotations
 
 import asyncio
+import importlib
 import logging
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 from langchain_core.callbacks import Callbacks
-from langchain_core.cross_encoders import BaseCrossEncoder
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict
 
@@ -28,6 +29,36 @@ from .adapter_options import RerankOptions, ScorerOptions
 __all__ = ["BGECrossEncoder", "BGERerankCompressor"]
 
 logger = logging.getLogger(__name__)
+
+# Where LangChain's cross-encoder interface lives: langchain-core from 1.3 on (langchain-classic
+# re-exports it); before that, langchain-classic and langchain 0.3 each defined their own, and
+# CrossEncoderReranker checks for that one.
+_CROSS_ENCODER_MODULES = (
+    "langchain_core.cross_encoders",
+    "langchain_classic.retrievers.document_compressors.cross_encoder",
+    "langchain.retrievers.document_compressors.cross_encoder",
+)
+
+
+class _StandInCrossEncoder(ABC):
+    """LangChain's ``BaseCrossEncoder`` interface, for installs that have none to import."""
+
+    @abstractmethod
+    def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
+        """Scores of ``(query, passage)`` pairs."""
+
+
+def _base_cross_encoder() -> type:
+    for module in _CROSS_ENCODER_MODULES:
+        try:
+            return importlib.import_module(module).BaseCrossEncoder
+        except (ImportError, AttributeError):
+            continue
+    logger.debug("No LangChain BaseCrossEncoder found; BGECrossEncoder uses a stand-in ABC.")
+    return _StandInCrossEncoder
+
+
+BaseCrossEncoder = _base_cross_encoder()
 
 
 class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
