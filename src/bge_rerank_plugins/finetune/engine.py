@@ -352,6 +352,9 @@ class CrossEncoderFinetuneEngine:
 
         # Like LlamaIndex's engine, the model is loaded here (errors surface at construction).
         self.model = self._load_model()
+        # The saved tokenizer keeps the base model's limit (training may use a shorter one), so
+        # every loader truncates the exported model the way it truncated the base model.
+        self._export_max_length = getattr(self.model.tokenizer, "model_max_length", None)
         self.unk_rate = self._check_vocabulary()
         self._max_length = self._resolve_max_length()
         self.model.max_length = self._max_length
@@ -732,7 +735,14 @@ class CrossEncoderFinetuneEngine:
         extra = {}
         if training_summary is not None:
             extra["training_summary.json"] = json.dumps(dict(training_summary), indent=2)
-        return export_model(self._hf_model(), self.model.tokenizer, path, extra_files=extra or None)
+        limit = self._export_max_length
+        return export_model(
+            self._hf_model(),
+            self.model.tokenizer,
+            path,
+            max_length=limit if limit and limit < 100_000 else None,
+            extra_files=extra or None,
+        )
 
     # -- LlamaIndex API ---------------------------------------------------------------------
 
