@@ -28,6 +28,7 @@ _EXPORTS = {
     "BGERerankCompressor": "langchain",
     "BGECrossEncoder": "langchain",
     "CrossEncoderFinetuneEngine": "finetune",
+    "score_ray_dataset": "ray_scoring",
     "evaluate_reranker": "evaluation",
     "evaluate_models": "evaluation",
     "load_beir": "beir",
@@ -50,6 +51,7 @@ __all__ = [
     "evaluate_models",
     "evaluate_reranker",
     "load_beir",
+    "score_ray_dataset",
 ]
 
 if TYPE_CHECKING:
