@@ -21,6 +21,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import socket
 import statistics
@@ -55,8 +56,26 @@ BUILTIN_QUERIES = [
 ]
 
 
-def load_requests(data: Path | None, docs: int, limit: int = 200) -> list[tuple[str, list[str]]]:
-    """(query, passages) pairs from a BEIR-style folder, or the built-in texts."""
+def split_chunks(text: str, rng: random.Random) -> list[str]:
+    """RAG-style chunks: runs of 1 to 3 consecutive sentences."""
+    sentences = [s for s in re.split(r"(?<=[.!?])\s+", text) if s.strip()]
+    chunks, i = [], 0
+    while i < len(sentences):
+        k = rng.randint(1, 3)
+        chunks.append(" ".join(sentences[i : i + k]))
+        i += k
+    return chunks
+
+
+def load_requests(
+    data: Path | None, docs: int, passages: str = "chunks", limit: int = 200
+) -> list[tuple[str, list[str]]]:
+    """(query, passages) pairs from a BEIR-style folder, or the built-in texts.
+
+    ``passages="abstracts"``: each passage is a whole document (title + abstract);
+    ``"chunks"``: the documents are cut into 1-3 sentence chunks (as a RAG index stores them)
+    and the first ``docs`` chunks of the BM25 candidates are the passages.
+    """
     if data is None or not (data / "candidates").is_dir():
         rng = random.Random(0)
         return [(q, rng.sample(BUILTIN_PASSAGES, docs)) for q in BUILTIN_QUERIES]
@@ -72,11 +91,15 @@ def load_requests(data: Path | None, docs: int, limit: int = 200) -> list[tuple[
             queries[row["_id"]] = row["text"]
     split = "dev" if (data / "candidates" / "dev.jsonl").exists() else "train"
     out = []
+    rng = random.Random(0)
     with open(data / "candidates" / f"{split}.jsonl", encoding="utf-8") as f:
         for line in f:
             row = json.loads(line)
             ids = row.get("ranked") or (row.get("pos", []) + row.get("neg", []))
-            texts = [corpus[i] for i in ids if i in corpus][:docs]
+            texts = [corpus[i] for i in ids if i in corpus]
+            if passages == "chunks":
+                texts = [c for t in texts[:docs] for c in split_chunks(t, rng)]
+            texts = texts[:docs]
             if row["qid"] in queries and len(texts) == docs:
                 out.append((queries[row["qid"]], texts))
             if len(out) >= limit:
@@ -204,6 +227,18 @@ def main() -> int:
     )
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--docs", type=int, default=20, help="passages per request")
+    parser.add_argument(
+        "--passages",
+        choices=["chunks", "abstracts"],
+        default="chunks",
+        help="chunks: 1-3 sentence chunks of the candidate documents (RAG-style, default); "
+        "abstracts: whole title + abstract documents (long: most hit max_length)",
+    )
+    parser.add_argument(
+        "--server-flags",
+        default="",
+        help="flags added to every variant, comma-separated, e.g. --threads,1,--max-length,256",
+    )
     parser.add_argument("--requests", type=int, default=160, help="requests per variant (cap)")
     parser.add_argument("--max-seconds", type=float, default=120, help="time cap per variant")
     parser.add_argument("--warmup", type=int, default=4, help="requests before measuring")
@@ -228,11 +263,13 @@ def main() -> int:
         from bge_rerank_plugins.minilm import build_minilm_cross_encoder
 
         model = str(build_minilm_cross_encoder(Path(tempfile.gettempdir()) / "bge-bench-minilm"))
-    requests = load_requests(args.data, args.docs)
+    requests = load_requests(args.data, args.docs, args.passages)
     source = str(args.data) if args.data and (args.data / "candidates").is_dir() else "built-in"
+    common = [f for f in args.server_flags.split(",") if f]
     print(
-        f"model={model} data={source} ({len(requests)} queries) clients={args.clients} "
-        f"docs/request={args.docs} requests/variant<={args.requests} cpu={os.cpu_count()}"
+        f"model={model} data={source} ({len(requests)} queries, {args.passages}) "
+        f"clients={args.clients} docs/request={args.docs} requests/variant<={args.requests} "
+        f"cpu={os.cpu_count()} common flags={' '.join(common) or '-'}"
     )
 
     variants = {
@@ -248,7 +285,7 @@ def main() -> int:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, flags in variants.items():
-            proc, url = start_server(model, flags, Path(tmp) / f"{name}.log")
+            proc, url = start_server(model, common + flags, Path(tmp) / f"{name}.log")
             try:
                 asyncio.run(load(url, requests, min(args.clients, args.warmup), args.warmup, 60))
                 row = asyncio.run(

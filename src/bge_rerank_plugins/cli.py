@@ -84,6 +84,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="require 'Authorization: Bearer KEY' (default: $BGE_RERANK_API_KEY, if set)",
     )
     parser.add_argument("--served-model-name", default=None, help="name reported by /info")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: one per core)"
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     parser.set_defaults(handler=_run_serve)
 
@@ -114,6 +117,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         max_text_chars=args.max_text_chars,
         api_key=args.api_key,
         served_model_name=args.served_model_name,
+        torch_threads=args.threads,
     )
     run_server(config, host=args.host, port=args.port, log_level=args.log_level)
     return 0
