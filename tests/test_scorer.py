@@ -373,3 +373,14 @@ def test_importing_the_package_loads_no_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_template_separators_only_between_present_fields() -> None:
+    assert PassageTemplate("{title}: {text}").render({"text": "no title"}) == "no title"
+    assert PassageTemplate("{title}: {text}").render({"title": "T"}) == "T"
+    three = PassageTemplate("{title} | {section} | {text}.")
+    assert three.render({"title": "T", "text": "x"}) == "T | x."
+    assert three.render({"title": "T", "section": "S"}) == "T | S"
+    labelled = PassageTemplate("Title: {title}\nBody: {text}")
+    assert labelled.render({"title": "T"}) == "Title: T"
+    assert labelled.render({"title": "T", "text": "b"}) == "Title: T\nBody: b"

@@ -64,22 +64,26 @@ class PassageTemplate:
             names joined with ``separator``.
         separator: joins the fields when ``template`` is a sequence of names.
 
-    A field that is missing, ``None`` or blank is skipped together with the literal text just
-    before it (its label or separator), so a missing field never renders as ``"None"`` and never
-    leaves a dangling separator.
+    A field that is missing, ``None`` or blank is skipped cleanly: it never renders as
+    ``"None"`` and leaves no dangling separator. The literal text between two fields is split at
+    its last newline: what comes before (the separator) is written only between two fields that
+    are both present; what comes after (a label such as ``"Body: "``) belongs to the next field
+    and is dropped with it. Text without a newline between two fields counts as a separator.
 
     >>> PassageTemplate("Title: {title}\\nBody: {text}").render({"text": "only a body"})
     'Body: only a body'
+    >>> PassageTemplate("{title}: {text}").render({"text": "no title"})
+    'no title'
     """
 
     template: str | Sequence[str] = DEFAULT_FIELDS
     separator: str = "\n"
-    _parts: tuple[tuple[str, str], ...] = field(init=False, repr=False, compare=False)
+    _parts: tuple[tuple[str, str, str], ...] = field(init=False, repr=False, compare=False)
     _tail: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.template, str):
-            parts: list[tuple[str, str]] = []
+            parts: list[tuple[str, str, str]] = []
             tail = ""
             for literal, name, spec, conversion in string.Formatter().parse(self.template):
                 if spec or conversion:
@@ -94,8 +98,12 @@ class PassageTemplate:
                         "template: positional fields '{}' are not allowed; name each field, "
                         "for example '{title}\\n{text}'."
                     )
+                elif not parts:
+                    parts.append(("", literal, name))
                 else:
-                    parts.append((literal, name))
+                    cut = literal.rfind("\n") + 1
+                    separator, label = (literal[:cut], literal[cut:]) if cut else (literal, "")
+                    parts.append((separator, label, name))
             if not parts:
                 raise ValueError(
                     f"template: {self.template!r} names no field; use e.g. '{{title}}\\n{{text}}'."
@@ -107,7 +115,7 @@ class PassageTemplate:
                     "template: a sequence template must be a non-empty list of field names, "
                     "for example ['title', 'text']."
                 )
-            parts = [("" if i == 0 else self.separator, n) for i, n in enumerate(names)]
+            parts = [("" if i == 0 else self.separator, "", n) for i, n in enumerate(names)]
             tail = ""
         object.__setattr__(self, "_parts", tuple(parts))
         object.__setattr__(self, "_tail", tail)
@@ -115,19 +123,20 @@ class PassageTemplate:
     @property
     def fields(self) -> tuple[str, ...]:
         """The field names the template reads, in order."""
-        return tuple(name for _, name in self._parts)
+        return tuple(name for _, _, name in self._parts)
 
     def render(self, record: Any) -> str:
         """Render ``record`` to text; missing fields are skipped cleanly."""
         pieces: list[str] = []
-        for literal, name in self._parts:
+        for separator, label, name in self._parts:
             value = get_field(record, name)
             if _is_blank(value):
                 continue
-            pieces.append((literal if pieces else literal.lstrip()) + str(value))
+            pieces.append((separator if pieces else "") + label + str(value))
         if not pieces:
             return ""
-        return "".join(pieces) + self._tail
+        last_present = not _is_blank(get_field(record, self._parts[-1][2]))
+        return "".join(pieces) + (self._tail if last_present else "")
 
 
 _DEFAULT_TEMPLATE = PassageTemplate()

@@ -1,0 +1,23 @@
+"""The runnable examples in the core modules' docstrings stay true."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = [
+    "bge_rerank_plugins.fields",
+    "bge_rerank_plugins.batching",
+    "bge_rerank_plugins.score_cache",
+    "bge_rerank_plugins.finetune.data",
+]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    module = importlib.import_module(name)
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0, f"{name} has no docstring example"
+    assert result.failed == 0
