@@ -82,6 +82,7 @@ class FinetuneResult:
         train_seconds: wall time of the training loop.
         stopped_by_time: True when the ``max_minutes`` budget ended training.
         best_metric: best validation metric (when a validation set was given).
+        resumed_from_step: the checkpoint step training resumed from (None: from scratch).
         log_history: the trainer's log entries (loss, learning rate, validation metrics).
     """
 
@@ -90,6 +91,7 @@ class FinetuneResult:
     train_seconds: float
     stopped_by_time: bool = False
     best_metric: float | None = None
+    resumed_from_step: int | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
 
 
@@ -701,6 +703,16 @@ class CrossEncoderFinetuneEngine:
             resume = _latest_checkpoint(self.checkpoint_dir)
             if resume is None:
                 logger.warning("No checkpoint in %s; training from scratch.", self.checkpoint_dir)
+        resumed_step = None
+        if resume:
+            state_file = Path(resume) / "trainer_state.json"
+            if not state_file.is_file():
+                raise FileNotFoundError(
+                    f"resume_from_checkpoint={str(resume)!r} is not a checkpoint folder "
+                    "(no trainer_state.json); pass True to pick the latest in checkpoint_dir."
+                )
+            resumed_step = int(json.loads(state_file.read_text())["global_step"])
+            logger.info("Resuming from %s (step %d).", resume, resumed_step)
         started = time.time()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.time() - started
@@ -722,6 +734,7 @@ class CrossEncoderFinetuneEngine:
             train_seconds=seconds,
             stopped_by_time=bool(clock["stopped"]),
             best_metric=best,
+            resumed_from_step=resumed_step,
             log_history=list(trainer.state.log_history),
         )
         return self.result
