@@ -536,3 +536,17 @@ def test_serve_cli_builds_the_config(monkeypatch):
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 9001)
     assert (config.model, config.batching, config.max_batch_wait_ms) == ("m", False, 0.0)
     assert (config.max_documents, config.api_key) == (50, "k")
+
+
+def test_batcher_initializer_runs_on_the_worker_thread():
+    names: list[str] = []
+    batcher = DynamicBatcher(
+        lambda pairs: [0.0] * len(pairs),
+        initializer=lambda: names.append(threading.current_thread().name),
+    )
+    batcher.start()
+    assert batcher.submit([("q", "p")]).result(10) == [0.0]
+    batcher.close()
+    assert names == ["bge-rerank-batcher"]
+    with pytest.raises(ValueError, match="torch_threads"):
+        ServerConfig(model="m", torch_threads=0)

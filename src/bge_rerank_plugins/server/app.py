@@ -204,12 +204,16 @@ def create_app(
     def on_batch(stats: BatchStats) -> None:
         metrics.observe_batch(requests=stats.requests, pairs=stats.pairs, seconds=stats.seconds)
 
+    def set_threads() -> None:
+        # torch's thread setting is per thread here: apply it where the model runs.
+        if config.torch_threads is not None:
+            import torch
+
+            torch.set_num_threads(config.torch_threads)
+
     def load() -> None:
         try:
-            if config.torch_threads is not None:
-                import torch
-
-                torch.set_num_threads(config.torch_threads)
+            set_threads()
             scorer = factory()
         except Exception as error:
             logger.exception("Loading the model %r failed", config.model)
@@ -221,6 +225,7 @@ def create_app(
             max_wait_ms=config.max_batch_wait_ms,
             enabled=config.batching,
             on_batch=on_batch,
+            initializer=set_threads,
         )
         batcher.start()
         state.scorer = scorer

@@ -73,6 +73,8 @@ class DynamicBatcher:
         enabled: ``False`` scores each request on its own (the baseline that batching is
             measured against); requests still run one at a time on the worker thread.
         on_batch: called on the worker thread with a :class:`BatchStats` after each call.
+        initializer: called once on the worker thread before it takes requests (per-thread
+            settings such as ``torch.set_num_threads``).
 
     Example:
         >>> batcher = DynamicBatcher(lambda pairs: [1.0] * len(pairs), max_wait_ms=2)
@@ -90,6 +92,7 @@ class DynamicBatcher:
         max_wait_ms: float = 5.0,
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
+        initializer: Callable[[], None] | None = None,
     ) -> None:
         if not isinstance(max_batch_pairs, int) or max_batch_pairs < 1:
             raise ValueError(f"max_batch_pairs must be a positive int, got {max_batch_pairs!r}")
@@ -100,6 +103,7 @@ class DynamicBatcher:
         self.max_wait_s = max_wait_ms / 1000.0
         self.enabled = enabled
         self.on_batch = on_batch
+        self.initializer = initializer
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
         self._closed = False
@@ -155,6 +159,11 @@ class DynamicBatcher:
 
     # ---------------------------------------------------------------- worker
     def _work(self) -> None:
+        if self.initializer is not None:
+            try:
+                self.initializer()
+            except Exception:
+                logger.exception("The batcher's initializer failed; continuing without it")
         carry: _Job | None = None
         stopping = False
         while True:
