@@ -89,7 +89,7 @@ def build_reranker(cache: Path, epochs: int, retrain: bool, clock: Clock) -> Pat
     return output
 
 
-def first_stage_llama_index(docs: list[dict]):  # noqa: ANN201
+def first_stage_llama_index(docs: list[dict]):
     """A LlamaIndex VectorStoreIndex on the MiniLM bi-encoder (real sentence embeddings)."""
     from llama_index.core import Document, Settings, VectorStoreIndex
     from llama_index.core.base.embeddings.base import BaseEmbedding
@@ -127,7 +127,7 @@ def first_stage_llama_index(docs: list[dict]):  # noqa: ANN201
     return VectorStoreIndex.from_documents(documents, show_progress=True)
 
 
-def bm25_retriever(docs: list[dict], k: int):  # noqa: ANN201
+def bm25_retriever(docs: list[dict], k: int):
     """A LangChain retriever over bm25s (a plain keyword first stage)."""
     import bm25s
     from langchain_core.callbacks import CallbackManagerForRetrieverRun
@@ -153,19 +153,27 @@ def bm25_retriever(docs: list[dict], k: int):  # noqa: ANN201
     return BM25Retriever()
 
 
-def show(title: str, first: list[tuple[str, str]], reranked: list[tuple[str, str, float]],
-         relevant: set[str]) -> bool:
+def show(
+    title: str,
+    first: list[tuple[str, str]],
+    reranked: list[tuple[str, str, float]],
+    relevant: set[str],
+) -> bool:
     """Print both orders; return whether the reranker put a relevant document first."""
     hit = bool(reranked) and reranked[0][0] in relevant
     first_hit = bool(first) and first[0][0] in relevant
     print(f"\n   Q: {title}")
-    print(f"      first stage (top {len(first)}): " + ", ".join(
-        ("*" if doc_id in relevant else "") + doc_id for doc_id, _ in first[:6]) + " ...")
+    print(
+        f"      first stage (top {len(first)}): "
+        + ", ".join(("*" if doc_id in relevant else "") + doc_id for doc_id, _ in first[:6])
+        + " ..."
+    )
     print(f"      first stage rank 1 relevant: {'yes' if first_hit else 'no'}")
     for rank, (doc_id, text, score) in enumerate(reranked, 1):
         mark = "*" if doc_id in relevant else " "
         print(f"      {rank}. {score:.3f} {bar(score)} {mark}{doc_id:<18} {text[:60]}")
-    print(f"      reranked rank 1 relevant: {'yes ✓' if hit else 'NO ✗ (the small model got it wrong)'}")
+    verdict = "yes ✓" if hit else "NO ✗ (the small model got it wrong)"
+    print(f"      reranked rank 1 relevant: {verdict}")
     return hit
 
 
@@ -245,7 +253,7 @@ def main() -> None:
 
     n = len(queries)
     print("\n   Relevant document at rank 1 (held-out queries, never seen in training):")
-    print(f"   | pipeline   | first stage | after reranking |\n   |---|---|---|")
+    print("   | pipeline   | first stage | after reranking |\n   |---|---|---|")
     print(f"   | LlamaIndex (MiniLM dense) | {first_hits_llama}/{n} | {llama_hits}/{n} |")
     print(f"   | LangChain (BM25)          | {first_hits_bm25}/{n} | {chain_hits}/{n} |")
     print(f"\n   Total time: {time.perf_counter() - total:.1f}s")
