@@ -145,7 +145,7 @@ def run_worker(spec: dict) -> dict:
         times.append(time.perf_counter() - t0)
     result = {
         "lib": spec["lib"],
-        "backend": spec.get("backend", "torch"),
+        "backend": spec.get("label", spec.get("backend", "torch")),
         "load_s": load_s,
         "times": times,
         "seconds": statistics.median(times),
@@ -314,10 +314,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--peers", default="st,flag,hf", help="comma list of st, flag, hf")
     parser.add_argument(
-        "--backends", default="torch,onnx,onnx-int8,torch-int8", help="our backends to time"
+        "--backends",
+        default="torch,onnx,onnx-int8,torch-int8",
+        help="our backends to time; NAME@N runs NAME with batch size N (e.g. onnx@8)",
     )
     parser.add_argument("--latency-calls", type=int, default=50, help="0 skips the latency run")
     parser.add_argument("--no-scaling", action="store_true", help="skip the scaling table")
+    parser.add_argument("--scaling-counts", default="10,100,1000", help="passage counts")
     parser.add_argument("--atol", type=float, default=1e-4, help="float32 agreement tolerance")
     parser.add_argument("--quick", action="store_true", help="agreement check only, < 1 min")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
@@ -421,9 +424,13 @@ def run_full(args) -> int:
     }
     latency_pairs = pairs[:20]
     runs = []
-    for backend in [b for b in args.backends.split(",") if b]:
+    for entry in [b for b in args.backends.split(",") if b]:
+        backend, _, batch = entry.partition("@")
         spec = {**base, "lib": "ours", "backend": backend}
-        if backend == "torch":
+        if batch:
+            spec["batch_size"] = int(batch)
+            spec["label"] = entry
+        if entry == "torch":
             spec["cache_check"] = True
         if args.latency_calls and backend in ("torch", "onnx", "onnx-int8"):
             spec["latency_calls"] = args.latency_calls
@@ -507,7 +514,8 @@ def run_full(args) -> int:
     return 0 if ok else 1
 
 
-def print_scaling(args, base: dict, backend: str) -> None:
+def print_scaling(args, base: dict, label: str) -> None:
+    backend, _, batch = label.partition("@")
     docs = []
     if args.data and (args.data / "corpus.jsonl").exists():
         docs = [f"{t}\n{x}".strip() for t, x in list(load_corpus(args.data).values())[:1000]]
@@ -521,7 +529,10 @@ def print_scaling(args, base: dict, backend: str) -> None:
         "pairs": base["pairs"][:16],
         "scaling": True,
         "scaling_docs": docs,
+        "scaling_counts": [int(n) for n in args.scaling_counts.split(",")],
     }
+    if batch:
+        spec["batch_size"] = int(batch)
     print(f"  running scaling (ours/{backend}) ...", file=sys.stderr, flush=True)
     res = _spawn(spec, args.threads)
     if "error" in res:
