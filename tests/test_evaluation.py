@@ -314,3 +314,26 @@ def test_real_scorer_and_cli(tmp_path, tiny_bert, capsys):
     assert data["top_k"] == 2 and data["ks"] == [1, 3]
     # both columns are the same model: same metrics
     assert data["systems"][1]["metrics"] == data["systems"][2]["metrics"]
+
+
+def test_cli_without_models_reports_the_first_stage(tmp_path, capsys):
+    from bge_rerank_plugins.cli import main
+
+    assert main(["evaluate", "--data", str(_dataset(tmp_path)), "--ks", "1"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:3] == ["| metric | BM25 |", "|---|---:|", "| Hit@1 | 0.333 |"]
+
+
+def test_example_builds_a_tiny_folder_with_bm25_lists(tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "evaluate.py"
+    spec = importlib.util.spec_from_file_location("example_evaluate", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    ds = load_beir(module.make_tiny_beir(tmp_path / "tiny"), "dev")
+    assert len(ds.query_ids) == 12 and len(ds.corpus) == 30
+    comparison = evaluate_models({"flat": FakeScorer({})}, ds, ks=(1, 10))
+    first, flat = comparison.results
+    assert first.metrics == flat.metrics  # a constant scorer keeps the BM25 order
+    assert 0 < first.metrics["ndcg@10"] <= 1
