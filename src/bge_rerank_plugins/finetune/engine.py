@@ -125,10 +125,19 @@ def _pointwise(dataset: Sequence[Any], what: str) -> list[tuple[str, str, float]
 
 def _records(dataset: Sequence[Any], what: str) -> list[Any]:
     """Any supported input format as :class:`~.data.TrainingGroup` records."""
-    from .data import load_training_data
+    from .data import TrainingGroup, load_training_data
 
+    items = []
+    for sample in dataset:
+        if not isinstance(sample, TrainingGroup) and _get(sample, "positives") is not None:
+            # grouped records spelled with the attribute names of TrainingGroup
+            fields = ("positives", "negatives", "positive_scores", "negative_scores")
+            values = {name: _get(sample, name) for name in fields}
+            values["negatives"] = values["negatives"] or ()
+            sample = TrainingGroup(str(_get(sample, "query")), **values)
+        items.append(sample)
     try:
-        return load_training_data(list(dataset))
+        return load_training_data(items)
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from error
 
@@ -163,11 +172,16 @@ def _groups(
                 chosen = rng.sample(negatives, num_negatives)
             else:
                 chosen = list(negatives)
-                taken = set(chosen)
-                candidates = [t for t in pool if t not in own and t not in taken]
-                extra = rng.sample(candidates, min(len(candidates), num_negatives - len(chosen)))
-                borrowed += len(extra)
-                chosen += extra
+                taken = own | set(chosen)
+                # rejection sampling from the pool: cheap for large data, bounded for tiny data
+                for _ in range(20 * num_negatives):
+                    if len(chosen) >= num_negatives or len(taken) >= len(pool):
+                        break
+                    text = pool[rng.randrange(len(pool))]
+                    if text not in taken:
+                        taken.add(text)
+                        chosen.append(text)
+                        borrowed += 1
             if not chosen:
                 continue
             docs = [positive, *chosen]
