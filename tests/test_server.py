@@ -325,7 +325,9 @@ async def _fire(url: str, n: int, texts: list[str]) -> list[httpx.Response]:
 
 
 def test_concurrent_requests_share_batches(tiny_bert):
-    config = ServerConfig(model=str(tiny_bert), max_batch_wait_ms=300, max_batch_pairs=1000)
+    config = ServerConfig(
+        model=str(tiny_bert), max_batch_wait_ms=300, batch_wait_fraction=None, max_batch_pairs=1000
+    )
     with serving(config) as s:
         responses = asyncio.run(_fire(s.url, 8, TEXTS))
         text = s.metrics()
@@ -372,7 +374,7 @@ class _Instrumented:
 
 def test_a_failing_request_does_not_fail_its_batch_or_the_server(tiny_bert):
     fake = _Instrumented(CrossEncoderScorer(tiny_bert))
-    config = ServerConfig(model=str(tiny_bert), max_batch_wait_ms=200)
+    config = ServerConfig(model=str(tiny_bert), max_batch_wait_ms=200, batch_wait_fraction=None)
     with serving(config, scorer_factory=lambda: fake) as s:
 
         async def mixed():
@@ -550,3 +552,19 @@ def test_batcher_initializer_runs_on_the_worker_thread():
     assert names == ["bge-rerank-batcher"]
     with pytest.raises(ValueError, match="torch_threads"):
         ServerConfig(model="m", torch_threads=0)
+
+
+def test_batcher_adaptive_wait_follows_model_time():
+    def slow(pairs):
+        time.sleep(0.2)
+        return [0.0] * len(pairs)
+
+    batcher = DynamicBatcher(slow, max_wait_ms=15, wait_fraction=0.05)
+    assert batcher.wait_s == 0.0  # no model time seen yet: merge only what is queued
+    batcher.start()
+    batcher.submit([("q", "p")]).result(10)
+    assert 0.009 <= batcher.wait_s <= 0.015  # 5% of ~0.2 s, capped at 15 ms
+    batcher.close()
+    assert DynamicBatcher(slow, max_wait_ms=7).wait_s == pytest.approx(0.007)
+    with pytest.raises(ValueError, match="wait_fraction"):
+        DynamicBatcher(slow, wait_fraction=1.5)

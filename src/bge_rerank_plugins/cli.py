@@ -64,14 +64,21 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--max-batch-pairs",
         type=int,
-        default=256,
+        default=512,
         help="most pairs merged from concurrent requests into one scorer call",
     )
     parser.add_argument(
         "--max-batch-wait-ms",
         type=float,
-        default=5.0,
-        help="how long to wait for more requests to merge (0: merge only what is queued)",
+        default=100.0,
+        help="longest wait for more requests to merge (0: merge only what is queued)",
+    )
+    parser.add_argument(
+        "--batch-wait-fraction",
+        type=float,
+        default=0.1,
+        help="wait this fraction of the recent model time per batch, capped by "
+        "--max-batch-wait-ms (0: always wait the cap)",
     )
     parser.add_argument(
         "--no-batching", action="store_true", help="score each request on its own (baseline)"
@@ -112,6 +119,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_batch_pairs=args.max_batch_pairs,
         max_batch_wait_ms=args.max_batch_wait_ms,
+        batch_wait_fraction=args.batch_wait_fraction or None,
         batching=not args.no_batching,
         max_documents=args.max_documents,
         max_text_chars=args.max_text_chars,

@@ -70,7 +70,11 @@ class ServerConfig:
             forward pass).
         max_batch_pairs: most pairs the batcher merges from concurrent requests into one scorer
             call (the scorer then length-sorts them and cuts them into forward passes).
-        max_batch_wait_ms: how long the batcher waits for more requests after the first one.
+        max_batch_wait_ms: longest the batcher waits for more requests after the first one.
+        batch_wait_fraction: the batcher waits this fraction of the recent model time per
+            batch, capped at ``max_batch_wait_ms`` (so a slow CPU batch waits long enough to
+            merge the next wave of requests and a fast GPU batch barely waits); ``None``: always
+            wait ``max_batch_wait_ms``.
         batching: ``False`` scores each request on its own (baseline for benchmarks).
         max_documents: most documents (texts) in one request; more -> 413.
         max_text_chars: most characters in the query or any one document; more -> 413.
@@ -90,8 +94,9 @@ class ServerConfig:
     max_length: int | str | None = None
     batch_size: int = 32
     token_budget: int | None = None
-    max_batch_pairs: int = 256
-    max_batch_wait_ms: float = 5.0
+    max_batch_pairs: int = 512
+    max_batch_wait_ms: float = 100.0
+    batch_wait_fraction: float | None = 0.1
     batching: bool = True
     max_documents: int = 1000
     max_text_chars: int = 20_000
@@ -223,6 +228,7 @@ def create_app(
             lambda pairs: scorer.score_pairs(pairs, normalize=False),
             max_batch_pairs=config.max_batch_pairs,
             max_wait_ms=config.max_batch_wait_ms,
+            wait_fraction=config.batch_wait_fraction,
             enabled=config.batching,
             on_batch=on_batch,
             initializer=set_threads,

@@ -2,9 +2,12 @@
 
 Requests put their (query, passage) pairs on a queue and wait on a future. One worker thread takes
 the oldest request, then keeps taking more until the merged batch holds ``max_batch_pairs`` pairs
-or ``max_wait_ms`` has passed since it took the first one, scores the merged pairs in one call, and
+or the wait window has passed since it took the first one, scores the merged pairs in one call, and
 hands each request its slice of the scores. While the worker is busy new requests pile up, so under
-load batches fill without waiting at all; the wait window only matters when traffic is light.
+load batches fill without waiting at all. The wait window is ``max_wait_ms`` or, with
+``wait_fraction`` set, that fraction of the recent model time per batch, capped at ``max_wait_ms``:
+waiting 10% of a 2-second CPU batch costs little and lets clients whose answers just went out
+send their next request into the same batch, while a 20 ms GPU batch waits only 2 ms.
 
 Why this helps on a CPU: the scorer sorts the merged pairs by token length before cutting them into
 model batches, so a batch holds pairs of similar length and little compute goes to padding (one
@@ -68,8 +71,10 @@ class DynamicBatcher:
             ``lambda pairs: scorer.score_pairs(pairs, normalize=False)``).
         max_batch_pairs: most pairs merged into one call; a single request larger than this is
             still scored, alone.
-        max_wait_ms: how long the worker waits for more requests after taking the first one.
+        max_wait_ms: longest the worker waits for more requests after taking the first one.
             ``0`` merges only what is already queued.
+        wait_fraction: wait this fraction of the recent model time per batch (a moving
+            average), at most ``max_wait_ms``; ``None`` always waits ``max_wait_ms``.
         enabled: ``False`` scores each request on its own (the baseline that batching is
             measured against); requests still run one at a time on the worker thread.
         on_batch: called on the worker thread with a :class:`BatchStats` after each call.
@@ -90,6 +95,7 @@ class DynamicBatcher:
         *,
         max_batch_pairs: int = 256,
         max_wait_ms: float = 5.0,
+        wait_fraction: float | None = None,
         enabled: bool = True,
         on_batch: Callable[[BatchStats], None] | None = None,
         initializer: Callable[[], None] | None = None,
@@ -100,7 +106,11 @@ class DynamicBatcher:
             raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms!r}")
         self.score_fn = score_fn
         self.max_batch_pairs = max_batch_pairs
+        if wait_fraction is not None and not 0 < wait_fraction <= 1:
+            raise ValueError(f"wait_fraction must be in (0, 1] or None, got {wait_fraction!r}")
         self.max_wait_s = max_wait_ms / 1000.0
+        self.wait_fraction = wait_fraction
+        self._batch_seconds = 0.0  # moving average of model time per merged batch
         self.enabled = enabled
         self.on_batch = on_batch
         self.initializer = initializer
@@ -132,6 +142,13 @@ class DynamicBatcher:
             thread.join(timeout)
             if thread.is_alive():
                 logger.warning("The batcher did not drain within %.1f s.", timeout or 0.0)
+
+    @property
+    def wait_s(self) -> float:
+        """The current wait window in seconds."""
+        if self.wait_fraction is None:
+            return self.max_wait_s
+        return min(self.max_wait_s, self.wait_fraction * self._batch_seconds)
 
     @property
     def pending(self) -> int:
@@ -189,7 +206,7 @@ class DynamicBatcher:
     def _gather(self, jobs: list[_Job]) -> tuple[_Job | None, bool]:
         """Add queued jobs to ``jobs`` within the pair budget and wait window."""
         total = len(jobs[0].pairs)
-        deadline = time.monotonic() + self.max_wait_s
+        deadline = time.monotonic() + self.wait_s
         while total < self.max_batch_pairs:
             remaining = deadline - time.monotonic()
             try:
@@ -248,6 +265,10 @@ class DynamicBatcher:
         job.future.set_result(scores)
 
     def _report(self, requests: int, pairs: int, seconds: float) -> None:
+        if self._batch_seconds == 0.0:
+            self._batch_seconds = seconds
+        else:
+            self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * seconds
         if self.on_batch is None:
             return
         try:
