@@ -447,9 +447,9 @@ def run_full(args) -> int:
     ours_fp32 = by.get(("ours", "torch"))
     peers = {r["lib"]: r for r in ok_runs if r["lib"] != "ours"}
     print()
-    head = "| library | backend | pairs/s | " + " | ".join(f"x {p}" for p in peers) + " |"
-    head += " % GEMM peak | peak RSS MB | " + " | ".join(f"max abs diff vs {p}" for p in peers)
-    head += " | min per-query Spearman vs ours fp32 |"
+    head = "| library | backend | pairs/s |" + "".join(f" x {p} |" for p in peers)
+    head += " % GEMM peak | peak RSS MB |" + "".join(f" max abs diff vs {p} |" for p in peers)
+    head += " min per-query Spearman vs ours fp32 |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     worst_fp32 = 0.0
