@@ -117,7 +117,7 @@ def main() -> None:
     losses = [(e["step"], e["loss"]) for e in result.log_history if "loss" in e]
     print(f"trained {result.train_seconds / 60:.1f} min, {result.global_step} steps")
 
-    rows = [evaluate_reranker(None, args.data, "dev", top_k=args.top_k, name="BM25 order")]
+    rows = [evaluate_reranker(None, args.data, "dev", top_k=args.top_k, name="first-stage order")]
     systems = [("fine-tuned", args.out / "model")]
     if args.eval_base:
         systems.insert(0, ("untrained", base))
