@@ -136,6 +136,7 @@ def synthetic_pairs(queries: int = 2, per_query: int = 8, seed: int = 0) -> list
 def text_of_tokens(tokenizer: object, source: str, tokens: int) -> str:
     """A prefix of ``source`` (repeated as needed) that is ``tokens`` tokens long."""
     backend = tokenizer.backend_tokenizer  # type: ignore[attr-defined]
+    backend.no_truncation()  # the scorer leaves pair truncation set on the shared backend
     text = source
     while len(backend.encode(text, add_special_tokens=False).ids) < tokens:
         text = text + " " + source
