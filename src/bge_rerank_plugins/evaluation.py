@@ -645,8 +645,8 @@ def evaluate_models(
     Args:
         models: ``{label: scorer or model path}`` or a list of scorers / paths (labelled by
             folder name).
-        dataset, split, top_k, max_queries, ks, candidates, template, relevance_threshold,
-            show_progress_bar: as in :func:`evaluate_reranker`.
+        dataset, split, top_k, max_queries, ks, candidates, template: as in
+            :func:`evaluate_reranker`; so are relevance_threshold and show_progress_bar.
         include_first_stage: also report the first-stage order (first column).
         scorer_factory: builds a scorer from a path (default ``CrossEncoderScorer(path)``),
             e.g. ``lambda p: CrossEncoderScorer(p, max_length=256)``.
