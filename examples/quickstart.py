@@ -1,8 +1,8 @@
 """Quickstart: score and rank passages with CrossEncoderScorer.
 
-    python examples/quickstart.py                       # BAAI/bge-reranker-v2-m3 (needs the Hub)
-    python examples/quickstart.py --model ./my-reranker # any local cross-encoder directory
-    python examples/quickstart.py --tiny                # a tiny random model built offline (CI)
+python examples/quickstart.py                       # BAAI/bge-reranker-v2-m3 (needs the Hub)
+python examples/quickstart.py --model ./my-reranker # any local cross-encoder directory
+python examples/quickstart.py --tiny                # a tiny random model built offline (CI)
 """
 
 from __future__ import annotations

@@ -64,5 +64,6 @@ def test_code_blocks_run(page: Path, hub_ids_served_locally, tmp_path, monkeypat
         except Exception as error:  # pragma: no cover - the message is the point
             raise AssertionError(
                 f"{page.name}, Python block {number} failed: {type(error).__name__}: {error}\n"
-                f"---\n{block}---\nMark it '{SKIP_MARK}: <why>' only if it truly cannot run offline."
+                f"---\n{block}---\n"
+                f"Mark it '{SKIP_MARK}: <why>' only if it truly cannot run offline."
             ) from error
