@@ -92,7 +92,9 @@ class ScorerOptions(BaseModel):
         default=None,
         description="Run in float16; None means float16 on CUDA and float32 elsewhere.",
     )
-    batch_size: int = Field(default=32, ge=1, description="Most pairs per forward pass.")
+    batch_size: int | None = Field(
+        default=None, ge=1, description="Most pairs per forward pass (None: 8 on CPU, 32 on GPU)."
+    )
     max_length: Union[Annotated[int, Field(ge=8)], Literal["auto"], None] = Field(  # noqa: UP007
         default=None,
         description="Most tokens per (query, passage) pair; None is the model's limit (at most "

@@ -60,7 +60,9 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--max-length", default=None, help="an int or 'auto'")
-    parser.add_argument("--batch-size", type=int, default=32, help="most pairs per forward pass")
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="most pairs per pass (default 8 CPU, 32 GPU)"
+    )
     parser.add_argument(
         "--max-batch-pairs",
         type=int,
@@ -164,7 +166,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--template", default=None, help="document fields, e.g. '{title}\\n{text}' (default)"
     )
     parser.add_argument("--max-length", default=None, help="an int or 'auto'")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=None, help="default 8 CPU, 32 GPU")
     parser.add_argument("--device", default=None)
     parser.add_argument("--out", default=None, help="folder for table.md, metrics.json, chart.png")
     parser.add_argument("--no-chart", action="store_true", help="skip chart.png")

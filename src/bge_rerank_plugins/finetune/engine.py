@@ -830,8 +830,19 @@ def _layer_index(name: str) -> int | None:
 
 
 def _latest_checkpoint(folder: str | os.PathLike[str]) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest *complete* ``checkpoint-<step>`` in ``folder``.
 
-    if not Path(folder).is_dir():
+    The trainer writes ``trainer_state.json`` last, so a checkpoint without it was cut short (a
+    kill during the save) and is skipped in favour of the previous one.
+    """
+    root = Path(folder)
+    if not root.is_dir():
         return None
-    return get_last_checkpoint(str(folder))
+    complete = []
+    for path in root.glob("checkpoint-*"):
+        step = path.name.removeprefix("checkpoint-")
+        if step.isdigit() and (path / "trainer_state.json").is_file():
+            complete.append((int(step), path))
+        elif step.isdigit():
+            logger.warning("Skipping %s: it has no trainer_state.json (an interrupted save).", path)
+    return str(max(complete)[1]) if complete else None

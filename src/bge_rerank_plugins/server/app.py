@@ -92,7 +92,7 @@ class ServerConfig:
     device: str | None = None
     dtype: str = "auto"
     max_length: int | str | None = None
-    batch_size: int = 32
+    batch_size: int | None = None
     token_budget: int | None = None
     max_batch_pairs: int = 512
     max_batch_wait_ms: float = 100.0
