@@ -134,6 +134,7 @@ def bm25_retriever(docs: list[dict], k: int):
     from langchain_core.documents import Document
     from langchain_core.retrievers import BaseRetriever
 
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s resets it on import
     corpus = [f"{d['title']}\n{d['text']}" for d in docs]
     index = bm25s.BM25()
     index.index(bm25s.tokenize(corpus, stopwords="en", show_progress=False), show_progress=False)
