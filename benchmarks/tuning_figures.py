@@ -10,35 +10,26 @@ package (real tokenizer, real encoder).
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import time
 from pathlib import Path
 
 from bge_rerank_plugins import CrossEncoderScorer
+from bge_rerank_plugins.beir import load_beir
 from bge_rerank_plugins.minilm import build_minilm_cross_encoder
 
 
 def load_pairs(data: Path, split: str, queries: int, per_query: int) -> list[tuple[str, str]]:
-    corpus = {}
-    with open(data / "corpus.jsonl", encoding="utf-8") as f:
-        for line in f:
-            doc = json.loads(line)
-            corpus[doc["_id"]] = (doc.get("title", "") + "\n" + doc.get("text", "")).strip()
-    texts = {}
-    with open(data / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            q = json.loads(line)
-            texts[q["_id"]] = q["text"]
+    """(query, title + text) pairs: the first candidates of the first queries of a split."""
+    dataset = load_beir(data, split)
     pairs = []
-    with open(data / "candidates" / f"{split}.jsonl", encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if i >= queries:
-                break
-            row = json.loads(line)
-            ids = row.get("ranked") or (row["pos"] + row["neg"])
-            pairs += [(texts[row["qid"]], corpus[d]) for d in ids[:per_query]]
+    for qid in dataset.query_ids[:queries]:
+        listed = dataset.candidates[qid]
+        ids = listed.ranked or (listed.pos + listed.neg)
+        for doc_id in ids[:per_query]:
+            doc = dataset.corpus[doc_id]
+            pairs.append((dataset.queries[qid].text, f"{doc.title}\n{doc.text}".strip()))
     return pairs
 
 
