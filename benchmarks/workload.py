@@ -167,46 +167,16 @@ def build_xlmr_base(out_dir: Path, data: Path | None, vocab_size: int = 32000) -
     if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
         return out_dir
     import torch
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
-    from tokenizers.trainers import UnigramTrainer
-    from transformers import (
-        XLMRobertaConfig,
-        XLMRobertaForSequenceClassification,
-        XLMRobertaTokenizerFast,
-    )
+    from transformers import XLMRobertaConfig, XLMRobertaForSequenceClassification
+
+    from bge_rerank_plugins.testing import train_xlmr_tokenizer
 
     if data is not None and (data / "corpus.jsonl").exists():
         lines = [f"{t}\n{x}" for t, x in load_corpus(data).values()]
     else:
         lines = list(SYNTHETIC_SENTENCES) * 20
         vocab_size = min(vocab_size, 800)
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.normalizer = normalizers.NFKC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    trainer = UnigramTrainer(
-        vocab_size=vocab_size,
-        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
-        unk_token="<unk>",
-    )
-    tokenizer.train_from_iterator(lines, trainer=trainer)
-    bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="<s> $A </s>",
-        pair="<s> $A </s> </s> $B </s>",
-        special_tokens=[("<s>", bos), ("</s>", eos)],
-    )
-    tokenizer.decoder = decoders.Metaspace()
-    fast = XLMRobertaTokenizerFast(
-        tokenizer_object=tokenizer,
-        bos_token="<s>",
-        eos_token="</s>",
-        sep_token="</s>",
-        cls_token="<s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        mask_token="<mask>",
-        model_max_length=512,
-    )
+    fast = train_xlmr_tokenizer(lines, vocab_size)
     config = XLMRobertaConfig(
         vocab_size=250002,
         hidden_size=768,

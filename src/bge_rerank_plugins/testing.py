@@ -12,10 +12,11 @@ written with ``save_pretrained`` and load through the public API like any user's
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["TINY_CORPUS", "build_tiny_model"]
+__all__ = ["TINY_CORPUS", "build_tiny_model", "train_xlmr_tokenizer"]
 
 #: Text the tiny tokenizers are trained on: English and Chinese, the domains of the examples.
 TINY_CORPUS: tuple[str, ...] = (
@@ -71,9 +72,15 @@ def _train_bert_tokenizer(vocab_size: int):
     return tokenizer
 
 
-def _train_xlmr_tokenizer(vocab_size: int):
+def train_xlmr_tokenizer(texts: Sequence[str], vocab_size: int):  # noqa: ANN201
+    """An XLM-RoBERTa-style tokenizer (SentencePiece Unigram) trained on ``texts``.
+
+    Also used by the benchmarks to give a random XLM-R-shaped model realistic token counts.
+    Returns a ``transformers`` fast tokenizer.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from tokenizers.trainers import UnigramTrainer
+    from transformers import XLMRobertaTokenizerFast
 
     tokenizer = Tokenizer(models.Unigram())
     # No normalizer: transformers' XLMRobertaTokenizer drops it on reload anyway, and the
@@ -81,14 +88,14 @@ def _train_xlmr_tokenizer(vocab_size: int):
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     specials = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
     # Every character of the corpus gets a piece, so nothing in it maps to <unk>.
-    alphabet = sorted({c for line in TINY_CORPUS for c in line})
+    alphabet = sorted({c for line in texts for c in line})
     trainer = UnigramTrainer(
         vocab_size=vocab_size,
         special_tokens=specials,
         unk_token="<unk>",
         initial_alphabet=alphabet,
     )
-    tokenizer.train_from_iterator(list(TINY_CORPUS) * 3, trainer=trainer)
+    tokenizer.train_from_iterator(texts, trainer=trainer)
     bos, eos = tokenizer.token_to_id("<s>"), tokenizer.token_to_id("</s>")
     tokenizer.post_processor = processors.TemplateProcessing(
         single="<s> $A </s>",
@@ -96,7 +103,17 @@ def _train_xlmr_tokenizer(vocab_size: int):
         special_tokens=[("<s>", bos), ("</s>", eos)],
     )
     tokenizer.decoder = decoders.Metaspace()
-    return tokenizer
+    return XLMRobertaTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        sep_token="</s>",
+        cls_token="<s>",
+        pad_token="<pad>",
+        mask_token="<mask>",
+        model_max_length=512,
+    )
 
 
 def build_tiny_model(
@@ -126,7 +143,6 @@ def build_tiny_model(
         BertConfig,
         BertTokenizerFast,
         XLMRobertaConfig,
-        XLMRobertaTokenizerFast,
     )
 
     out = Path(output_dir)
@@ -161,18 +177,8 @@ def build_tiny_model(
             **common,
         )
     elif kind == "xlm-roberta":
-        backend = _train_xlmr_tokenizer(vocab_size)
-        tokenizer = XLMRobertaTokenizerFast(
-            tokenizer_object=backend,
-            bos_token="<s>",
-            eos_token="</s>",
-            unk_token="<unk>",
-            sep_token="</s>",
-            cls_token="<s>",
-            pad_token="<pad>",
-            mask_token="<mask>",
-            model_max_length=512,
-        )
+        tokenizer = train_xlmr_tokenizer(list(TINY_CORPUS) * 3, vocab_size)
+        backend = tokenizer.backend_tokenizer
         config = XLMRobertaConfig(
             vocab_size=backend.get_vocab_size(),
             max_position_embeddings=514,
