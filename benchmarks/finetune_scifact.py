@@ -59,7 +59,13 @@ def main() -> None:
     ap.add_argument("--minutes", type=float, default=30.0, help="training time budget")
     ap.add_argument("--pool", type=int, default=30, help="BM25 candidates to draw negatives from")
     ap.add_argument("--top-k", type=int, default=30, help="dev candidates reranked")
-    ap.add_argument("--eval-max-length", type=int, default=256)
+    ap.add_argument(
+        "--eval-max-length",
+        type=int,
+        nargs="+",
+        default=[256],
+        help="evaluate the fine-tuned model at each of these lengths",
+    )
     ap.add_argument("--eval-base", action="store_true", help="also evaluate the untrained model")
     ap.add_argument("--max-queries", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
@@ -118,12 +124,12 @@ def main() -> None:
     print(f"trained {result.train_seconds / 60:.1f} min, {result.global_step} steps")
 
     rows = [evaluate_reranker(None, args.data, "dev", top_k=args.top_k, name="first-stage order")]
-    systems = [("fine-tuned", args.out / "model")]
+    systems = [(f"fine-tuned @{n}", args.out / "model", n) for n in args.eval_max_length]
     if args.eval_base:
-        systems.insert(0, ("untrained", base))
-    for name, path in systems:
+        systems.insert(0, ("untrained", base, args.eval_max_length[0]))
+    for name, path, length in systems:
         t = time.time()
-        scorer = CrossEncoderScorer(str(path), max_length=args.eval_max_length, normalize=False)
+        scorer = CrossEncoderScorer(str(path), max_length=length, normalize=False)
         rows.append(
             evaluate_reranker(
                 scorer, args.data, "dev", top_k=args.top_k, template=TEMPLATE, name=name

@@ -161,13 +161,41 @@ def test_distillation_from_teacher_scores(tiny_bert: Path, tmp_path: Path) -> No
         loss="distill",
         num_negatives=2,
     )
-    assert e.train_dataset.column_names == ["query", "docs", "teacher", "label"]
+    assert list(e.train_dataset[0]) == ["query", "docs", "teacher", "label"]
     assert e.train_dataset[0]["teacher"] == [5.0, 0.0, -2.0] or e.train_dataset[0]["teacher"] == [
         5.0,
         -2.0,
         0.0,
     ]
     assert e.finetune().global_step == 2
+
+
+def test_negatives_are_redrawn_from_the_pool_on_each_read(tiny_bert: Path, tmp_path: Path) -> None:
+    from bge_rerank_plugins.finetune.data import TrainingGroup
+
+    negatives = [f"negative passage number {i}" for i in range(8)]
+    teacher = {n: -float(i) for i, n in enumerate(negatives)}
+    group = TrainingGroup("a query", ["the positive"], negatives, [9.0], list(teacher.values()))
+    e = CrossEncoderFinetuneEngine(
+        [group],
+        model_id=str(tiny_bert),
+        model_output_path=str(tmp_path / "out"),
+        loss="distill",
+        num_negatives=2,
+        show_progress_bar=False,
+    )
+    draws = set()
+    for _ in range(30):
+        row = e.train_dataset[0]
+        assert list(row) == ["query", "docs", "teacher", "label"]
+        assert row["docs"][0] == "the positive" and row["label"] == [1.0, 0.0, 0.0]
+        picked = row["docs"][1:]
+        assert len(set(picked)) == 2 and set(picked) <= set(negatives)
+        assert row["teacher"] == [9.0, *(teacher[n] for n in picked)]  # scores follow the draw
+        draws.add(tuple(picked))
+    assert len(draws) > 5  # 28 possible pairs: fixed negatives would give one
+    batch = e.train_dataset[[0, 0]]  # the trainer reads lists of rows too
+    assert len(batch["docs"]) == 2 and all(len(d) == 3 for d in batch["docs"])
 
 
 def test_push_to_hub_fails_clearly_offline(tiny_bert: Path, tmp_path: Path) -> None:
