@@ -79,31 +79,25 @@ def load_requests(
     if data is None or not (data / "candidates").is_dir():
         rng = random.Random(0)
         return [(q, rng.sample(BUILTIN_PASSAGES, docs)) for q in BUILTIN_QUERIES]
-    corpus = {}
-    with open(data / "corpus.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            corpus[row["_id"]] = (row.get("title", "") + "\n" + row.get("text", "")).strip()
-    queries = {}
-    with open(data / "queries.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            queries[row["_id"]] = row["text"]
-    split = "dev" if (data / "candidates" / "dev.jsonl").exists() else "train"
+    from bge_rerank_plugins.beir import load_beir
+
+    split_name = "dev" if (data / "candidates" / "dev.jsonl").exists() else "train"
+    split = load_beir(data, split_name)
     out = []
     rng = random.Random(0)
-    with open(data / "candidates" / f"{split}.jsonl", encoding="utf-8") as f:
-        for line in f:
-            row = json.loads(line)
-            ids = row.get("ranked") or (row.get("pos", []) + row.get("neg", []))
-            texts = [corpus[i] for i in ids if i in corpus]
-            if passages == "chunks":
-                texts = [c for t in texts[:docs] for c in split_chunks(t, rng)]
-            texts = texts[:docs]
-            if row["qid"] in queries and len(texts) == docs:
-                out.append((queries[row["qid"]], texts))
-            if len(out) >= limit:
-                break
+    for qid, candidates in (split.candidates or {}).items():
+        texts = [
+            f"{split.corpus[i].title}\n{split.corpus[i].text}".strip()
+            for i in candidates.ids
+            if i in split.corpus
+        ]
+        if passages == "chunks":
+            texts = [c for t in texts[:docs] for c in split_chunks(t, rng)]
+        texts = texts[:docs]
+        if qid in split.queries and len(texts) == docs:
+            out.append((split.queries[qid].text, texts))
+        if len(out) >= limit:
+            break
     return out
 
 
