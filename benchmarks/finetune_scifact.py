@@ -52,6 +52,35 @@ def training_groups(data: Path, pool: int, max_queries: int | None = None) -> li
     return groups
 
 
+def add_biencoder_teacher(groups: list[dict], scale: float) -> float:
+    """Attach the MiniLM bi-encoder's cosine (times ``scale``) as teacher scores; returns seconds.
+
+    The bi-encoder ranks SciFact about as well as BM25 with no training, and its scores over
+    every passage of a group give the cross-encoder a signal on all negatives, not only on
+    which one is the positive.
+    """
+    from sentence_transformers import SentenceTransformer
+
+    from bge_rerank_plugins.minilm import minilm_encoder_dir
+
+    t = time.time()
+    encoder = SentenceTransformer(str(minilm_encoder_dir()), device="cpu")
+    texts = sorted({p for g in groups for p in g["positives"] + g["negatives"]})
+    queries = [g["query"] for g in groups]
+    doc_vectors = encoder.encode(
+        texts, batch_size=32, normalize_embeddings=True, convert_to_tensor=True
+    )
+    query_vectors = encoder.encode(
+        queries, batch_size=64, normalize_embeddings=True, convert_to_tensor=True
+    )
+    row = {text: i for i, text in enumerate(texts)}
+    for group, q in zip(groups, query_vectors):
+        for field in ("positives", "negatives"):
+            idx = [row[p] for p in group[field]]
+            group[field[:-1] + "_scores"] = (scale * (doc_vectors[idx] @ q)).tolist()
+    return time.time() - t
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
@@ -78,6 +107,13 @@ def main() -> None:
     ap.add_argument("--num-negatives", type=int, default=None)
     ap.add_argument("--loss", default=None)
     ap.add_argument("--resume", action="store_true")
+    ap.add_argument(
+        "--teacher-scale",
+        type=float,
+        default=0.0,
+        help="distil from the bi-encoder's cosine times this (0: no teacher); sets loss=distill",
+    )
+    ap.add_argument("--distill-weight", type=float, default=None)
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
@@ -95,6 +131,12 @@ def main() -> None:
     groups = training_groups(args.data, args.pool, args.max_queries)
     print(f"{len(groups)} training queries, {sum(len(g['positives']) for g in groups)} positives")
 
+    teacher_seconds = 0.0
+    if args.teacher_scale:
+        teacher_seconds = add_biencoder_teacher(groups, args.teacher_scale)
+        args.loss = args.loss or "distill"
+        print(f"bi-encoder teacher scores in {teacher_seconds:.0f}s")
+
     overrides = {
         k: v
         for k, v in {
@@ -102,6 +144,7 @@ def main() -> None:
             "head_learning_rate": args.head_lr,
             "max_length": args.max_length,
             "num_negatives": args.num_negatives,
+            "distill_weight": args.distill_weight,
         }.items()
         if v is not None
     }
@@ -142,6 +185,7 @@ def main() -> None:
         print(f"| {r.name} | {r.metrics['ndcg@10']:.3f} | {r.metrics['mrr@10']:.3f} |")
     summary = {
         "train_minutes": round(result.train_seconds / 60, 2),
+        "teacher_minutes": round(teacher_seconds / 60, 2),
         "global_step": result.global_step,
         "stopped_by_time": result.stopped_by_time,
         "max_length": engine._max_length,

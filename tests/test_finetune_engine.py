@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bge_rerank_plugins.finetune.engine import CrossEncoderFinetuneEngine
+from bge_rerank_plugins.finetune.engine import DEFAULTS, CrossEncoderFinetuneEngine
 from bge_rerank_plugins.finetune.losses import GroupedSoftmaxLoss, grouped_softmax_loss
 
 
@@ -232,7 +232,7 @@ def test_unknown_finetune_arguments_raise(tiny_bert: Path, tmp_path: Path) -> No
 def test_auto_max_length_and_cpu_precision(tiny_bert: Path, tmp_path: Path, caplog) -> None:
     caplog.set_level(logging.WARNING)
     e = engine(tiny_bert, tmp_path, precision="bf16")
-    assert 32 <= e._max_length <= 96 and e._max_length % 16 == 0
+    assert 32 <= e._max_length <= DEFAULTS["auto_max_length_cpu"] and e._max_length % 16 == 0
     assert e._mixed_precision() == {}
     assert "fp32" in caplog.text
     fixed = engine(tiny_bert, tmp_path / "b", max_length=24)

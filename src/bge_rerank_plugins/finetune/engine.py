@@ -59,7 +59,7 @@ DEFAULTS: dict[str, Any] = {
     "warmup_ratio": 0.1,
     "weight_decay": 0.01,
     "max_length": "auto",
-    "auto_max_length_cpu": 96,
+    "auto_max_length_cpu": 192,
     "auto_max_length": 512,
 }
 
@@ -153,8 +153,9 @@ def _groups(
 
     Negatives are drawn from the query's own negatives; a query with too few borrows random
     passages of other queries. A query with more negatives than ``num_negatives`` keeps them
-    all as its pool, from which :func:`_redraw_negatives` samples anew on every read. With teacher scores (``positive_scores``/``negative_scores``)
-    the group carries them for distillation.
+    all as its pool, from which :func:`_redraw_negatives` samples anew on every read. With
+    teacher scores (``positive_scores``/``negative_scores``) the group carries them for
+    distillation.
     """
     records = _records(dataset, what)
     by_query: dict[str, dict[str, Any]] = {}
@@ -274,7 +275,7 @@ class CrossEncoderFinetuneEngine:
         warmup_ratio: fraction of the steps with a linear warm-up.
         weight_decay: AdamW weight decay (not on biases and LayerNorm).
         max_length: tokens per (query, passage) pair: an int, or "auto" (the 95th percentile of
-            the training pairs, capped at 96 on CPU and 512 on an accelerator).
+            the training pairs, capped at 192 on CPU and 512 on an accelerator).
         precision: "auto" (bf16/fp16 on a GPU that supports it, fp32 on CPU), "fp32", "fp16",
             "bf16".
         seed: seeds sampling, initialisation and data order.
@@ -732,6 +733,9 @@ class CrossEncoderFinetuneEngine:
             "disable_tqdm": not self.show_progress_bar,
             "use_cpu": self.device == "cpu",
             "dataloader_drop_last": False,
+            # every trainable weight of a sequence classifier gets a gradient each step; DDP's
+            # unused-parameter search (on by default for a non-transformers model) breaks here
+            "ddp_find_unused_parameters": False,
             **self._mixed_precision(),
         }
         if self.max_steps:
@@ -788,7 +792,10 @@ class CrossEncoderFinetuneEngine:
             "best_metric": best,
             "best_checkpoint": trainer.state.best_model_checkpoint,
         }
-        self.save(self.model_output_path, training_summary=summary)
+        # under torchrun every rank holds the same weights: one writer, the others wait for it
+        if trainer.is_world_process_zero():
+            self.save(self.model_output_path, training_summary=summary)
+        trainer.accelerator.wait_for_everyone()
         self.result = FinetuneResult(
             output_path=Path(self.model_output_path),
             global_step=trainer.state.global_step,
