@@ -55,25 +55,22 @@ def training_groups(data: Path, pool: int, max_queries: int | None = None) -> li
 def add_teacher(groups: list[dict], kind: str, scale: float, data: Path) -> float:
     """Attach teacher scores (``positive_scores``/``negative_scores``) to every group.
 
-    ``kind="biencoder"``: the MiniLM bi-encoder's cosine times ``scale``. ``kind="hybrid"``: the
-    mean of the z-scored BM25 score and the z-scored cosine within each group, times ``scale``
-    (BM25 and the bi-encoder err on different queries, so their fusion ranks better than
-    either; see the train-pool nDCG@10 this prints). Returns the seconds it took.
+    ``kind="biencoder"``: the MiniLM bi-encoder's cosine times ``scale``
+    (:func:`~bge_rerank_plugins.finetune.teachers.biencoder_teacher_scores`). ``kind="hybrid"``:
+    the mean of the z-scored BM25 score and the z-scored cosine within each group, times
+    ``scale`` (prints how well each ranks the training pools). Returns the seconds it took.
     """
     import numpy as np
-    from sentence_transformers import SentenceTransformer
 
     from bge_rerank_plugins.beir import Bm25Index, load_beir
     from bge_rerank_plugins.evaluation import ndcg_at_k
+    from bge_rerank_plugins.finetune import TrainingGroup, biencoder_teacher_scores
     from bge_rerank_plugins.minilm import minilm_encoder_dir
 
     t = time.time()
-    encoder = SentenceTransformer(str(minilm_encoder_dir()), device="cpu")
-    texts = sorted({p for g in groups for p in g["positives"] + g["negatives"]})
-    queries = [g["query"] for g in groups]
-    docs = encoder.encode(texts, batch_size=32, normalize_embeddings=True)
-    qvecs = encoder.encode(queries, batch_size=64, normalize_embeddings=True)
-    row = {text: i for i, text in enumerate(texts)}
+    records = [TrainingGroup(g["query"], g["positives"], g["negatives"]) for g in groups]
+    scored = biencoder_teacher_scores(records, minilm_encoder_dir(), scale=1.0)
+    cosines = {g.query: np.array([*g.positive_scores, *g.negative_scores]) for g in scored}
     bm25 = None
     if kind == "hybrid":
         corpus = load_beir(data, "train").corpus
@@ -84,18 +81,20 @@ def add_teacher(groups: list[dict], kind: str, scale: float, data: Path) -> floa
     def zscore(x: np.ndarray) -> np.ndarray:
         return (x - x.mean()) / (x.std() + 1e-6)
 
-    for group, q in zip(groups, qvecs):
+    for group in groups:
         members = group["positives"] + group["negatives"]
-        cosine = docs[[row[p] for p in members]] @ q
+        n = len(group["positives"])
+        cosine = cosines[group["query"]]
+        if len(cosine) != len(members):
+            raise ValueError(f"query {group['query']!r} appears in more than one group")
         if bm25 is not None:
-            lexical = bm25.scores(group["query"])[[position[p] for p in members]]
-            teacher = scale * (zscore(cosine) + zscore(np.asarray(lexical))) / 2
-            quality["bm25"].append(_pool_ndcg(lexical, len(group["positives"]), ndcg_at_k))
+            lexical = np.asarray(bm25.scores(group["query"])[[position[p] for p in members]])
+            teacher = scale * (zscore(cosine) + zscore(lexical)) / 2
+            quality["bm25"].append(_pool_ndcg(lexical, n, ndcg_at_k))
         else:
             teacher = scale * cosine
-        quality["cosine"].append(_pool_ndcg(cosine, len(group["positives"]), ndcg_at_k))
-        quality["teacher"].append(_pool_ndcg(teacher, len(group["positives"]), ndcg_at_k))
-        n = len(group["positives"])
+        quality["cosine"].append(_pool_ndcg(cosine, n, ndcg_at_k))
+        quality["teacher"].append(_pool_ndcg(teacher, n, ndcg_at_k))
         group["positive_scores"] = [float(v) for v in teacher[:n]]
         group["negative_scores"] = [float(v) for v in teacher[n:]]
     for name, values in quality.items():

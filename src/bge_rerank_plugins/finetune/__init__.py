@@ -7,6 +7,8 @@ Everything here is imported lazily (``import bge_rerank_plugins.finetune`` loads
   :class:`TrainingGroup`, with a pointwise view :class:`PointwiseExample`.
 * :mod:`~bge_rerank_plugins.finetune.negatives`: hard-negative mining (given candidate lists,
   BM25, a dense bi-encoder, or a cross-encoder).
+* :mod:`~bge_rerank_plugins.finetune.teachers`: teacher scores from a bi-encoder, for
+  ``loss="distill"``.
 * :mod:`~bge_rerank_plugins.finetune.engine`: :class:`CrossEncoderFinetuneEngine`.
 
 >>> from bge_rerank_plugins.finetune import TrainingGroup
@@ -35,6 +37,7 @@ _EXPORTS = {
     "select_negatives": "negatives",
     "NegativeMiningConfig": "negatives",
     "CrossEncoderFinetuneEngine": "engine",
+    "biencoder_teacher_scores": "teachers",
 }
 
 __all__ = sorted(_EXPORTS)

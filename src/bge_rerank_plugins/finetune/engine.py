@@ -88,6 +88,8 @@ class FinetuneResult:
         best_metric: best validation metric (when a validation set was given).
         resumed_from_step: the checkpoint step training resumed from (None: from scratch).
         log_history: the trainer's log entries (loss, learning rate, validation metrics).
+        max_length: tokens per pair the model was trained at; the model ranks best when it is
+            served at this length too (``CrossEncoderScorer(path, max_length=...)``).
     """
 
     output_path: Path
@@ -97,6 +99,7 @@ class FinetuneResult:
     best_metric: float | None = None
     resumed_from_step: int | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
+    max_length: int | None = None
 
 
 def _get(sample: Any, name: str, default: Any = None) -> Any:
@@ -804,6 +807,7 @@ class CrossEncoderFinetuneEngine:
             best_metric=best,
             resumed_from_step=resumed_step,
             log_history=list(trainer.state.log_history),
+            max_length=self._max_length,
         )
         return self.result
 
