@@ -317,8 +317,10 @@ class CrossEncoderScorer:
             return []
         raw: list[float | None] = [None] * len(items)
         todo = list(range(len(items)))
-        encoded = self._encode(items)
-        max_length = encoded["max_length"]
+        # A fixed max_length is known before tokenizing, so cache hits skip the tokenizer (the
+        # bulk of a fully cached call); "auto" depends on the token lengths of the call.
+        encoded = self._encode(items) if self.max_length == "auto" else None
+        max_length = encoded["max_length"] if encoded else self.resolve_max_length(())
         if self.cache is not None:
             model_key = (self._loaded.name, str(self.dtype), self.backend)
             keys = [pair_key(model_key, max_length, q, p) for q, p in items]
@@ -330,9 +332,14 @@ class CrossEncoderScorer:
                 else:
                     raw[i] = value
         if todo:
+            if encoded is None:
+                encoded = self._encode([items[i] for i in todo])
+                rows = list(range(len(todo)))
+            else:
+                rows = todo
             logits = self._run(
-                [encoded["input_ids"][i] for i in todo],
-                [encoded["token_type_ids"][i] for i in todo] if encoded["token_type_ids"] else None,
+                [encoded["input_ids"][i] for i in rows],
+                [encoded["token_type_ids"][i] for i in rows] if encoded["token_type_ids"] else None,
             )
             for i, value in zip(todo, logits):
                 raw[i] = value
