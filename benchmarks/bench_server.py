@@ -23,7 +23,6 @@ import os
 import random
 import re
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -101,14 +100,10 @@ def load_requests(
     return out
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
 def start_server(model: str, flags: list[str], log: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
+    from bge_rerank_plugins.testing import free_loopback_port
+
+    port = free_loopback_port()
     cmd = [
         sys.executable, "-m", "bge_rerank_plugins.cli", "serve", "--model", model,
         "--host", HOST, "--port", str(port), "--log-level", "warning", *flags,

@@ -165,7 +165,7 @@ def main() -> None:
     if args.teacher != "none":
         teacher_seconds = add_teacher(groups, args.teacher, args.teacher_scale, args.data)
         args.loss = args.loss or "distill"
-        print(f"bi-encoder teacher scores in {teacher_seconds:.0f}s")
+        print(f"{args.teacher} teacher scores in {teacher_seconds:.0f}s")
 
     overrides = {
         k: v

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
 import pytest
+
+from bge_rerank_plugins.testing import free_loopback_port
 
 SCRIPT = textwrap.dedent(
     """
@@ -52,12 +53,6 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_two_process_gloo_fine_tuning_with_torchrun(tiny_bert: Path, tmp_path: Path) -> None:
     pytest.importorskip("sentence_transformers")
     script = tmp_path / "train.py"
@@ -78,7 +73,7 @@ def test_two_process_gloo_fine_tuning_with_torchrun(tiny_bert: Path, tmp_path: P
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(_free_port()),
+        str(free_loopback_port()),
         str(script),
         str(tiny_bert),
         str(out),

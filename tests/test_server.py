@@ -27,6 +27,7 @@ from bge_rerank_plugins.server import (  # noqa: E402
     create_app,
 )
 from bge_rerank_plugins.server.batcher import BatcherClosedError  # noqa: E402
+from bge_rerank_plugins.testing import free_loopback_port  # noqa: E402
 
 pytestmark = pytest.mark.server
 
@@ -39,18 +40,12 @@ TEXTS = [
 ]
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class RunningServer:
     """uvicorn serving an app on 127.0.0.1 in a background thread."""
 
     def __init__(self, app, graceful_timeout_s: float = 10.0) -> None:
         self.app = app
-        self.port = _free_port()
+        self.port = free_loopback_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
             app,

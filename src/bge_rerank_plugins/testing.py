@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["TINY_CORPUS", "build_tiny_model", "train_xlmr_tokenizer"]
+__all__ = ["TINY_CORPUS", "build_tiny_model", "free_loopback_port", "train_xlmr_tokenizer"]
 
 #: Text the tiny tokenizers are trained on: English and Chinese, the domains of the examples.
 TINY_CORPUS: tuple[str, ...] = (
@@ -70,6 +70,15 @@ def _train_bert_tokenizer(vocab_size: int):
     )
     tokenizer.decoder = decoders.WordPiece()
     return tokenizer
+
+
+def free_loopback_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now (for test servers and torchrun)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def train_xlmr_tokenizer(texts: Sequence[str], vocab_size: int):  # noqa: ANN201
