@@ -70,7 +70,8 @@ def add_teacher(groups: list[dict], kind: str, scale: float, data: Path) -> floa
     t = time.time()
     records = [TrainingGroup(g["query"], g["positives"], g["negatives"]) for g in groups]
     scored = biencoder_teacher_scores(records, minilm_encoder_dir(), scale=1.0)
-    cosines = {g.query: np.array([*g.positive_scores, *g.negative_scores]) for g in scored}
+    # one entry per group, in order: two claims may share a text but not their pools
+    cosines = [np.array([*g.positive_scores, *g.negative_scores]) for g in scored]
     bm25 = None
     if kind == "hybrid":
         corpus = load_beir(data, "train").corpus
@@ -81,12 +82,9 @@ def add_teacher(groups: list[dict], kind: str, scale: float, data: Path) -> floa
     def zscore(x: np.ndarray) -> np.ndarray:
         return (x - x.mean()) / (x.std() + 1e-6)
 
-    for group in groups:
+    for group, cosine in zip(groups, cosines, strict=True):
         members = group["positives"] + group["negatives"]
         n = len(group["positives"])
-        cosine = cosines[group["query"]]
-        if len(cosine) != len(members):
-            raise ValueError(f"query {group['query']!r} appears in more than one group")
         if bm25 is not None:
             lexical = np.asarray(bm25.scores(group["query"])[[position[p] for p in members]])
             teacher = scale * (zscore(cosine) + zscore(lexical)) / 2
@@ -135,6 +133,12 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=None)
     ap.add_argument("--num-negatives", type=int, default=None)
     ap.add_argument("--loss", default=None)
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "fp32", "bf16"),
+        help="training precision (auto: bf16 autocast on a CPU with bf16 hardware)",
+    )
     ap.add_argument("--resume", action="store_true")
     ap.add_argument(
         "--teacher",
@@ -185,6 +189,7 @@ def main() -> None:
         batch_size=args.batch_size,
         epochs=args.epochs,
         loss=args.loss,
+        precision=args.precision,
         evaluation_steps=50,
         max_minutes=args.minutes,
         resume_from_checkpoint=True if args.resume else None,
@@ -219,6 +224,7 @@ def main() -> None:
         "global_step": result.global_step,
         "stopped_by_time": result.stopped_by_time,
         "max_length": engine._max_length,
+        "mixed_precision": engine._mixed_precision(),
         "loadavg_before": load,
         "loadavg_after": load_after,
         "loss_curve": losses,

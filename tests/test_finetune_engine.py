@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -229,14 +230,37 @@ def test_unknown_finetune_arguments_raise(tiny_bert: Path, tmp_path: Path) -> No
         engine(tiny_bert, tmp_path).finetune(learning_rte=1e-4)
 
 
-def test_auto_max_length_and_cpu_precision(tiny_bert: Path, tmp_path: Path, caplog) -> None:
+def test_auto_max_length_and_cpu_precision(
+    tiny_bert: Path, tmp_path: Path, caplog, monkeypatch
+) -> None:
+    from bge_rerank_plugins import loading
+
     caplog.set_level(logging.WARNING)
-    e = engine(tiny_bert, tmp_path, precision="bf16")
+    e = engine(tiny_bert, tmp_path, precision="fp16")
     assert 32 <= e._max_length <= DEFAULTS["auto_max_length_cpu"] and e._max_length % 16 == 0
     assert e._mixed_precision() == {}
     assert "fp32" in caplog.text
+    assert engine(tiny_bert, tmp_path, precision="bf16")._mixed_precision() == {"bf16": True}
+    assert engine(tiny_bert, tmp_path, precision="fp32")._mixed_precision() == {}
+    # "auto" on CPU: bf16 autocast only where the CPU has bf16 hardware.
+    for native, expected in ((True, {"bf16": True}), (False, {})):
+        monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda native=native: native)
+        assert engine(tiny_bert, tmp_path, precision="auto")._mixed_precision() == expected
     fixed = engine(tiny_bert, tmp_path / "b", max_length=24)
     assert fixed._max_length == 24
+
+
+def test_bf16_training_on_cpu_runs_and_saves_fp32_weights(tiny_bert: Path, tmp_path: Path) -> None:
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    e = engine(tiny_bert, tmp_path, precision="bf16")
+    result = e.finetune()
+    assert result.global_step > 0
+    losses = [row[k] for row in result.log_history for k in ("loss", "train_loss") if k in row]
+    assert losses and all(math.isfinite(float(x)) for x in losses)
+    saved = AutoModelForSequenceClassification.from_pretrained(result.output_path)
+    assert {p.dtype for p in saved.parameters()} == {torch.float32}
 
 
 def test_freezing_lower_layers_keeps_them_unchanged(tiny_bert: Path, tmp_path: Path) -> None:

@@ -73,3 +73,24 @@ def test_distillation_runs_on_teacher_scores_from_a_real_sentence_transformer(
         show_progress_bar=False,
     )
     assert engine.finetune().global_step == 1
+
+
+def test_a_model_path_given_as_str_is_loaded_and_bf16_stays_close_to_fp32(tiny_bert: Path) -> None:
+    groups = [
+        TrainingGroup("what do pandas eat", ["pandas eat bamboo"], ["tax on shares", "a car"]),
+        TrainingGroup("capital of China", ["Beijing is the capital"], ["apples", "a boat"]),
+    ]
+    exact = biencoder_teacher_scores(groups, str(tiny_bert), scale=1.0, precision="fp32")
+    fast = biencoder_teacher_scores(groups, str(tiny_bert), scale=1.0, precision="bf16")
+    for e, f in zip(exact, fast):
+        assert all(-1.0001 <= s <= 1.0001 for s in e.positive_scores + e.negative_scores)
+        assert f.positive_scores + f.negative_scores == pytest.approx(
+            e.positive_scores + e.negative_scores, abs=2e-2
+        )
+
+
+def test_bad_precision_is_named() -> None:
+    with pytest.raises(ValueError, match="precision"):
+        biencoder_teacher_scores(
+            [TrainingGroup("q", ["a"], ["b"])], CountingEncoder({}), precision="fp16"
+        )

@@ -7,6 +7,7 @@ the weights.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
@@ -23,6 +24,7 @@ __all__ = [
     "DTYPES",
     "LoadedModel",
     "clear_model_cache",
+    "cpu_has_native_bf16",
     "load_cross_encoder",
     "model_length_limit",
     "resolve_device",
@@ -48,6 +50,25 @@ def resolve_device(device: str | None) -> str:
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX).
+
+    There, bfloat16 autocast trains a BERT-sized model about 1.7x faster than float32 (measured
+    on a 2-core AMD EPYC with AVX512-BF16, docs/finetuning.md); without it, bfloat16 is emulated
+    and slower than float32. Read from ``/proc/cpuinfo``, so False off Linux.
+    """
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
 
 
 def resolve_dtype(dtype: str | None, use_fp16: bool | None, device: str) -> torch.dtype:

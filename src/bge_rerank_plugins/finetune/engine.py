@@ -279,7 +279,8 @@ class CrossEncoderFinetuneEngine:
         weight_decay: AdamW weight decay (not on biases and LayerNorm).
         max_length: tokens per (query, passage) pair: an int, or "auto" (the 95th percentile of
             the training pairs, capped at 192 on CPU and 512 on an accelerator).
-        precision: "auto" (bf16/fp16 on a GPU that supports it, fp32 on CPU), "fp32", "fp16",
+        precision: "auto" (bf16/fp16 on a GPU that supports it; bf16 autocast on a CPU with
+            bf16 hardware, AVX512-BF16 or AMX; fp32 otherwise), "fp32", "fp16" (GPU only),
             "bf16".
         seed: seeds sampling, initialisation and data order.
         gradient_accumulation_steps: micro-batches per optimizer step.
@@ -608,9 +609,17 @@ class CrossEncoderFinetuneEngine:
     def _mixed_precision(self) -> dict[str, bool]:
         import torch
 
-        if self.device == "cpu" or self.precision == "fp32":
-            if self.precision in ("fp16", "bf16") and self.device == "cpu":
-                logger.warning("precision=%r is not used on CPU; training in fp32.", self.precision)
+        from ..loading import cpu_has_native_bf16
+
+        if self.precision == "fp32":
+            return {}
+        if self.device == "cpu":
+            # Mixed precision keeps fp32 master weights, so only the speed changes; a CPU
+            # without bf16 hardware emulates it and would be slower than fp32.
+            if self.precision == "bf16" or (self.precision == "auto" and cpu_has_native_bf16()):
+                return {"bf16": True}
+            if self.precision == "fp16":
+                logger.warning("precision='fp16' is not used on CPU; training in fp32.")
             return {}
         if self.precision == "fp16":
             return {"fp16": True}

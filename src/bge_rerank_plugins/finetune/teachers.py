@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ def biencoder_teacher_scores(
     scale: float = 20.0,
     batch_size: int = 32,
     show_progress_bar: bool | None = None,
+    precision: str = "auto",
 ) -> list[TrainingGroup]:
     """Attach ``scale`` x cosine(query, passage) of a bi-encoder as teacher scores.
 
@@ -53,6 +55,9 @@ def biencoder_teacher_scores(
         batch_size: encoding batch size.
         show_progress_bar: tqdm bars while encoding (default: when there are over 1,000
             passages).
+        precision: ``"auto"`` encodes under bfloat16 autocast when the model runs on a CPU with
+            bf16 hardware (AVX512-BF16 or AMX: about 1.6x faster, cosines within about 1e-2),
+            float32 otherwise; ``"fp32"`` or ``"bf16"`` force one.
 
     Returns:
         New :class:`~bge_rerank_plugins.finetune.data.TrainingGroup` records carrying
@@ -60,31 +65,40 @@ def biencoder_teacher_scores(
         distinct text is encoded once.
 
     Raises:
-        ValueError: ``scale`` is not positive.
+        ValueError: ``scale`` is not positive, or ``precision`` is unknown.
     """
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
+    if precision not in ("auto", "fp32", "bf16"):
+        raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {precision!r}")
+    import contextlib
+
     import numpy as np
+    import torch
+
+    from ..loading import cpu_has_native_bf16
 
     records = load_training_data(list(groups))
-    if not hasattr(model, "encode"):
+    if isinstance(model, (str, os.PathLike)):  # str has an ``encode`` of its own
         from sentence_transformers import SentenceTransformer
 
         model = SentenceTransformer(str(model), device="cpu")
     texts = sorted({t for g in records for t in (*g.positives, *g.negatives)})
     queries = sorted({g.query for g in records})
     progress = len(texts) > 1000 if show_progress_bar is None else show_progress_bar
+    on_cpu = str(getattr(model, "device", "cpu")).startswith("cpu")
+    bf16 = on_cpu and (precision == "bf16" or (precision == "auto" and cpu_has_native_bf16()))
 
     def encode(items: list[str]) -> Any:
-        vectors = np.asarray(
-            model.encode(
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with autocast:
+            raw = model.encode(
                 items,
                 batch_size=batch_size,
                 normalize_embeddings=True,
                 show_progress_bar=progress,
-            ),
-            dtype=np.float32,
-        )
+            )
+        vectors = np.asarray(raw, dtype=np.float32)
         # normalise again: a custom encoder may ignore normalize_embeddings
         return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
