@@ -35,6 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 from workload import (  # noqa: E402
+    backend_options,
     build_xlmr_base,
     length_stats,
     load_corpus,
@@ -435,9 +436,9 @@ def run_full(args) -> int:
     runs = []
     for entry in [b for b in args.backends.split(",") if b]:
         backend, _, batch = entry.partition("@")
-        spec = {**base, "lib": "ours", "backend": backend}
-        if backend == "torch-bf16":  # the torch backend with bfloat16 weights (approximate)
-            spec.update(backend="torch", dtype="bfloat16", label=entry)
+        spec = {**base, "lib": "ours", **backend_options(backend)}
+        if spec["backend"] != backend:
+            spec["label"] = entry
         if batch:
             spec["batch_size"] = int(batch)
             spec["label"] = entry

@@ -208,6 +208,32 @@ def batch_stats(url: str) -> str:
     )
 
 
+def model_only_ceiling(
+    model: str, requests: list[tuple[str, list[str]]], count: int, group: int
+) -> dict[str, float]:
+    """The most merging can give the model itself, with no HTTP and no queueing.
+
+    Scores ``count`` requests in-process with the server's scorer settings twice: one request
+    per call (what the no-batching server runs) and ``group`` requests merged per call (the
+    best case of the batcher at ``group`` concurrent clients). Returns pairs/s of both.
+    """
+    from bge_rerank_plugins import CrossEncoderScorer
+
+    scorer = CrossEncoderScorer(model, normalize=False, show_progress_bar=False)
+    work = [requests[i % len(requests)] for i in range(count)]
+    scorer.score_pairs([(work[0][0], p) for p in work[0][1]])  # warm-up
+    pairs = sum(len(docs) for _, docs in work)
+    start = time.perf_counter()
+    for query, docs in work:
+        scorer.score_pairs([(query, d) for d in docs])
+    single = pairs / (time.perf_counter() - start)
+    start = time.perf_counter()
+    for i in range(0, len(work), group):
+        scorer.score_pairs([(q, d) for q, docs in work[i : i + group] for d in docs])
+    merged = pairs / (time.perf_counter() - start)
+    return {"single_pairs_per_s": single, "merged_pairs_per_s": merged}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None, help="model dir (default: MiniLM cross-encoder)")
@@ -241,6 +267,12 @@ def main() -> int:
     )
     parser.add_argument("--only", nargs="*", default=None, help="run only these variant names")
     parser.add_argument("--json", type=Path, default=None, help="also write results here")
+    parser.add_argument(
+        "--model-only",
+        action="store_true",
+        help="also time the scorer in-process, one request per call vs --clients requests "
+        "merged per call: the ceiling of the batching gain on this machine",
+    )
     args = parser.parse_args()
     if not 1 <= args.clients <= 256:
         parser.error("--clients must be between 1 and 256")
@@ -301,9 +333,19 @@ def main() -> int:
             f"{r['req_per_s']:.2f} | {r['pairs_per_s']:.1f} | {r['p50_ms']:.0f} | "
             f"{r['p95_ms']:.0f} | {r['p99_ms']:.0f} | {r['batches']} | {ratio} |"
         )
+    if args.model_only:
+        ceiling = model_only_ceiling(model, requests, args.requests, args.clients)
+        results["model-only"] = ceiling
+        print(
+            f"\nmodel only, in-process, {args.requests} requests: one per call "
+            f"{ceiling['single_pairs_per_s']:.1f} pairs/s, {args.clients} merged per call "
+            f"{ceiling['merged_pairs_per_s']:.1f} pairs/s "
+            f"({ceiling['merged_pairs_per_s'] / ceiling['single_pairs_per_s']:.2f}x: the most "
+            "merging can give here)"
+        )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
-    return 1 if any(r["failures"] for r in results.values()) else 0
+    return 1 if any(r.get("failures") for r in results.values()) else 0
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Does int8 keep the ranking? Per-query Spearman and nDCG@10 of int8 vs float32 on SciFact dev.
+"""Does int8 (or bf16) keep the ranking? Per-query Spearman and nDCG@10 vs float32, SciFact dev.
 
     python benchmarks/int8_quality.py --model DIR --data ../shared/data/scifact \\
         --queries 150 --top-k 20
@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from workload import load_corpus  # noqa: E402
+from workload import backend_options, load_corpus  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=20)
     parser.add_argument("--max-length", type=int, default=512)
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--backends", default="onnx-int8,torch-int8")
+    parser.add_argument(
+        "--backends",
+        default="onnx-int8,torch-int8",
+        help="approximate backends to compare with fp32 (also torch-bf16: bfloat16 weights)",
+    )
     args = parser.parse_args(argv)
 
     corpus = load_corpus(args.data)
@@ -69,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         scorer = CrossEncoderScorer(
             args.model,
             device="cpu",
-            backend=backend,
+            **backend_options(backend),
             max_length=args.max_length,
             batch_size=args.batch_size,
             normalize=False,

@@ -23,6 +23,7 @@ import statistics
 from pathlib import Path
 
 __all__ = [
+    "backend_options",
     "build_xlmr_base",
     "length_stats",
     "load_corpus",
@@ -51,6 +52,15 @@ SYNTHETIC_SENTENCES = (
     "The giant panda is a bear native to south central China that eats bamboo.",
     "Capital gains tax applies when you sell shares or property for more than you paid.",
 )
+
+
+def backend_options(name: str) -> dict[str, str]:
+    """Scorer options for a benchmark backend name: the scorer's backends, plus ``torch-bf16``
+    (the torch backend with bfloat16 weights, an approximate path on CPUs with bf16 hardware).
+    """
+    if name == "torch-bf16":
+        return {"backend": "torch", "dtype": "bfloat16"}
+    return {"backend": name, "dtype": "float32"}
 
 
 def load_corpus(data: Path) -> dict[str, tuple[str, str]]:

@@ -3,7 +3,7 @@
 1. Training groups from the BEIR folder's train split: each query's relevant documents as
    positives, BM25 hard negatives (the folder's BM25 candidate lists, else BM25 over the corpus).
 2. ``CrossEncoderFinetuneEngine`` with its defaults (grouped softmax loss, 1 positive + 3 hard
-   negatives, encoder lr 1e-4, head lr 1e-3, max_length "auto") and a wall-clock budget.
+   negatives, encoder lr 2e-4, head lr 2e-3, max_length "auto") and a wall-clock budget.
 3. Evaluation on the dev split: BM25 order vs base vs fine-tuned, reranking the BM25 top 30.
 
 Run on this machine (about 30 minutes of training on a CPU, then a few minutes of evaluation):

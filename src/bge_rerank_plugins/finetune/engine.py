@@ -54,8 +54,8 @@ _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 DEFAULTS: dict[str, Any] = {
     "loss": "softmax",
     "num_negatives": 3,
-    "learning_rate": 1e-4,
-    "head_learning_rate": 1e-3,
+    "learning_rate": 2e-4,
+    "head_learning_rate": 2e-3,
     "warmup_ratio": 0.1,
     "weight_decay": 0.01,
     "max_length": "auto",
