@@ -437,10 +437,9 @@ def run_full(args) -> int:
     for entry in [b for b in args.backends.split(",") if b]:
         backend, _, batch = entry.partition("@")
         spec = {**base, "lib": "ours", **backend_options(backend)}
-        if spec["backend"] != backend:
-            spec["label"] = entry
         if batch:
             spec["batch_size"] = int(batch)
+        if batch or spec["backend"] != backend:
             spec["label"] = entry
         if entry == "torch":
             spec["cache_check"] = True

@@ -213,13 +213,14 @@ def model_only_ceiling(
 ) -> dict[str, float]:
     """The most merging can give the model itself, with no HTTP and no queueing.
 
-    Scores ``count`` requests in-process with the server's scorer settings twice: one request
-    per call (what the no-batching server runs) and ``group`` requests merged per call (the
-    best case of the batcher at ``group`` concurrent clients). Returns pairs/s of both.
+    Scores ``count`` requests in-process with the scorer the server builds (default settings)
+    twice: one request per call (what the no-batching server runs) and ``group`` requests
+    merged per call (the best case of the batcher at ``group`` concurrent clients). Returns
+    pairs/s of both.
     """
-    from bge_rerank_plugins import CrossEncoderScorer
+    from bge_rerank_plugins.server import ServerConfig
 
-    scorer = CrossEncoderScorer(model, normalize=False, show_progress_bar=False)
+    scorer = ServerConfig(model=model).build_scorer()
     work = [requests[i % len(requests)] for i in range(count)]
     scorer.score_pairs([(work[0][0], p) for p in work[0][1]])  # warm-up
     pairs = sum(len(docs) for _, docs in work)

@@ -25,6 +25,7 @@ __all__ = [
     "LoadedModel",
     "clear_model_cache",
     "cpu_has_native_bf16",
+    "cpu_bf16_autocast",
     "load_cross_encoder",
     "model_length_limit",
     "resolve_device",
@@ -69,6 +70,16 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         pass
     return False
+
+
+def cpu_bf16_autocast(precision: str) -> bool:
+    """Whether work on the CPU under a ``precision`` setting runs in bf16 autocast.
+
+    ``"bf16"`` always does; ``"auto"`` does where the CPU has bf16 hardware
+    (:func:`cpu_has_native_bf16`); anything else (``"fp32"``, ``"fp16"``) does not. Shared by
+    the fine-tuning engine and the teacher scores, so both pick bf16 on the same machines.
+    """
+    return precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())
 
 
 def resolve_dtype(dtype: str | None, use_fp16: bool | None, device: str) -> torch.dtype:

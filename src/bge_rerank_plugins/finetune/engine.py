@@ -609,14 +609,14 @@ class CrossEncoderFinetuneEngine:
     def _mixed_precision(self) -> dict[str, bool]:
         import torch
 
-        from ..loading import cpu_has_native_bf16
+        from ..loading import cpu_bf16_autocast
 
         if self.precision == "fp32":
             return {}
         if self.device == "cpu":
             # Mixed precision keeps fp32 master weights, so only the speed changes; a CPU
             # without bf16 hardware emulates it and would be slower than fp32.
-            if self.precision == "bf16" or (self.precision == "auto" and cpu_has_native_bf16()):
+            if cpu_bf16_autocast(self.precision):
                 return {"bf16": True}
             if self.precision == "fp16":
                 logger.warning("precision='fp16' is not used on CPU; training in fp32.")

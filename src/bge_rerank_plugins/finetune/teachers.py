@@ -76,7 +76,7 @@ def biencoder_teacher_scores(
     import numpy as np
     import torch
 
-    from ..loading import cpu_has_native_bf16
+    from ..loading import cpu_bf16_autocast
 
     records = load_training_data(list(groups))
     if isinstance(model, (str, os.PathLike)):  # str has an ``encode`` of its own
@@ -87,7 +87,7 @@ def biencoder_teacher_scores(
     queries = sorted({g.query for g in records})
     progress = len(texts) > 1000 if show_progress_bar is None else show_progress_bar
     on_cpu = str(getattr(model, "device", "cpu")).startswith("cpu")
-    bf16 = on_cpu and (precision == "bf16" or (precision == "auto" and cpu_has_native_bf16()))
+    bf16 = on_cpu and cpu_bf16_autocast(precision)
 
     def encode(items: list[str]) -> Any:
         autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
