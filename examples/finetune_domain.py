@@ -88,7 +88,7 @@ comparison = evaluate_models(
     "dev",
     top_k=30,
     max_queries=EVAL_QUERIES,
-    # score at the length the model was trained at: it ranks best there (docs/finetuning.md)
+    # score at the training length: far past it ranking gets worse (docs/finetuning.md)
     scorer_factory=lambda model: CrossEncoderScorer(model, max_length=result.max_length),
 )
 print(comparison.to_markdown())

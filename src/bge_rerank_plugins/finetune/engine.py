@@ -88,8 +88,9 @@ class FinetuneResult:
         best_metric: best validation metric (when a validation set was given).
         resumed_from_step: the checkpoint step training resumed from (None: from scratch).
         log_history: the trainer's log entries (loss, learning rate, validation metrics).
-        max_length: tokens per pair the model was trained at; the model ranks best when it is
-            served at this length too (``CrossEncoderScorer(path, max_length=...)``).
+        max_length: tokens per pair the model was trained at; serve the model at about this
+            length (``CrossEncoderScorer(path, max_length=...)``): far past it, ranking gets
+            worse (on SciFact, runs long enough did best a little past it; docs/finetuning.md).
     """
 
     output_path: Path
