@@ -144,7 +144,8 @@ def main() -> None:
         "--teacher",
         choices=("none", "biencoder", "hybrid"),
         default="none",
-        help="distil from the bi-encoder's cosine or its fusion with BM25; sets loss=distill",
+        help="distil from the bi-encoder's cosine or its fusion with BM25 (the default loss "
+        "'auto' then distils)",
     )
     ap.add_argument("--teacher-scale", type=float, default=20.0)
     ap.add_argument("--distill-weight", type=float, default=None)
@@ -168,7 +169,6 @@ def main() -> None:
     teacher_seconds = 0.0
     if args.teacher != "none":
         teacher_seconds = add_teacher(groups, args.teacher, args.teacher_scale, args.data)
-        args.loss = args.loss or "distill"
         print(f"{args.teacher} teacher scores in {teacher_seconds:.0f}s")
 
     overrides = {
@@ -195,6 +195,7 @@ def main() -> None:
         resume_from_checkpoint=True if args.resume else None,
         **overrides,
     )
+    print(f"loss: {engine.loss}")
     load = os.getloadavg()
     result = engine.finetune()
     load_after = os.getloadavg()

@@ -106,6 +106,14 @@ def test_every_record_format():
     ]
     flag = [{"query": "q", "pos": ["p"], "neg": ["n"], "pos_scores": [3.5], "neg_scores": [-1]}]
     assert load_training_data(flag) == [TrainingGroup("q", ("p",), ("n",), (3.5,), (-1.0,))]
+    grouped = [
+        {"query": "q", "positives": ["p"], "negatives": ["n"]},
+        {"query": "r", "positives": ["p2"], "positive_scores": [2], "negative_scores": []},
+    ]
+    assert load_training_data(grouped) == [
+        TrainingGroup("q", ("p",), ("n",)),
+        TrainingGroup("r", ("p2",), (), (2.0,), ()),
+    ]
     ready = TrainingGroup("z", ("p",), ())
     assert load_training_data([ready]) == [ready]
     samples = from_llama_index_samples([Sample("q", "c", 1)])
@@ -118,6 +126,21 @@ def test_detect_format_and_unknown_records():
     assert detect_format({"query": "q", "context": "p", "score": 1}) == "llama_index"
     with pytest.raises(ValueError, match=r"records\[0\]: cannot tell the format.*\['query', 'x'\]"):
         load_training_data([{"query": "q", "x": 1}])
+    assert detect_format({"query": "q", "positives": ["p"]}) == "group"
+    with pytest.raises(ValueError, match=r"records\[1\]: TrainingGroup.negative_scores has 2"):
+        load_training_data(
+            [
+                {"query": "q", "positives": ["p"]},
+                {
+                    "query": "q",
+                    "positives": ["p"],
+                    "positive_scores": [1],
+                    "negative_scores": [0, 1],
+                },
+            ]
+        )
+    with pytest.raises(ValueError, match=r"records\[0\]: field 'positives' is empty"):
+        load_training_data([{"query": "q", "positives": []}])
     with pytest.raises(ValueError, match="format must be 'auto' or one of"):
         load_training_data([{"query": "q"}], format="csv")
     with pytest.raises(TypeError, match="source must be a file path"):

@@ -125,6 +125,7 @@ def test_loss_argument_is_honoured(tiny_bert: Path, tmp_path: Path) -> None:
     bce = engine(tiny_bert, tmp_path / "bce", loss="bce")
     assert type(bce._make_loss()).__name__ == "BinaryCrossEntropyLoss"
     softmax = engine(tiny_bert, tmp_path / "sm")
+    assert softmax.loss == "softmax"  # the default 'auto' with no teacher scores in the data
     assert isinstance(softmax._make_loss(), GroupedSoftmaxLoss)
     row = softmax.train_dataset[0]
     assert row["label"] == [1.0, 0.0, 0.0, 0.0] and len(row["docs"]) == 4  # 1 + 3 negatives
@@ -169,6 +170,37 @@ def test_distillation_from_teacher_scores(tiny_bert: Path, tmp_path: Path) -> No
         0.0,
     ]
     assert e.finetune().global_step == 2
+
+    # the default loss ('auto') distils when every record brings teacher scores, as dicts too
+    as_dicts = [
+        {
+            "query": g.query,
+            "positives": list(g.positives),
+            "negatives": list(g.negatives),
+            "positive_scores": list(g.positive_scores),
+            "negative_scores": list(g.negative_scores),
+        }
+        for g in groups
+    ]
+    auto = CrossEncoderFinetuneEngine(
+        as_dicts,
+        model_id=str(tiny_bert),
+        model_output_path=str(tmp_path / "auto"),
+        num_negatives=2,
+        show_progress_bar=False,
+    )
+    assert auto.loss == "distill" and "teacher" in auto.train_dataset.column_names
+    assert auto._make_loss().distill_weight > 0
+    as_dicts[0]["positive_scores"] = as_dicts[0]["negative_scores"] = None
+    mixed = CrossEncoderFinetuneEngine(
+        as_dicts,
+        model_id=str(tiny_bert),
+        model_output_path=str(tmp_path / "mixed"),
+        num_negatives=2,
+        show_progress_bar=False,
+    )
+    assert mixed.loss == "softmax"  # one record without scores: no silent partial distillation
+    assert "teacher" not in mixed.train_dataset.column_names
 
 
 def test_negatives_are_redrawn_from_the_pool_on_each_read(tiny_bert: Path, tmp_path: Path) -> None:

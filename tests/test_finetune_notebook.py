@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
 from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).parents[1] / "examples" / "finetune_domain.ipynb"
+EXAMPLES = Path(__file__).parents[1] / "examples"
+NOTEBOOK = EXAMPLES / "finetune_domain.ipynb"
+
+
+def test_notebook_matches_the_script() -> None:
+    spec = importlib.util.spec_from_file_location(
+        "script_to_notebook", EXAMPLES / "script_to_notebook.py"
+    )
+    converter = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(converter)
+    cells = [
+        (c["cell_type"], "".join(c["source"])) for c in json.loads(NOTEBOOK.read_text())["cells"]
+    ]
+    expected = [(c["cell_type"], "".join(c["source"])) for c in converter.script_cells()]
+    assert cells == expected, "run: python examples/script_to_notebook.py"
 
 
 def _tiny_beir(folder: Path) -> Path:
@@ -37,6 +53,8 @@ def test_finetune_notebook_executes(tiny_bert: Path, tmp_path: Path, monkeypatch
     data = _tiny_beir(tmp_path / "beir")
     monkeypatch.setenv("BGE_RERANK_EXAMPLE_DATA", str(data))
     monkeypatch.setenv("BGE_RERANK_EXAMPLE_MODEL", str(tiny_bert))
+    # any encoder serves as the bi-encoder teacher of the smoke run (mean pooling over its body)
+    monkeypatch.setenv("BGE_RERANK_EXAMPLE_TEACHER", str(tiny_bert))
     monkeypatch.setenv("BGE_RERANK_EXAMPLE_MINUTES", "0.1")
     monkeypatch.setenv("BGE_RERANK_EXAMPLE_OUT", str(tmp_path / "run"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -49,5 +67,6 @@ def test_finetune_notebook_executes(tiny_bert: Path, tmp_path: Path, monkeypatch
         o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs
     )
     assert "training queries" in outputs
-    assert "| nDCG@10 |" in outputs and "fine-tuned |" in outputs, outputs
+    assert "loss: distill" in outputs, outputs  # the default loss picked up the teacher scores
+    assert "| nDCG@10 |" in outputs and "fine-tuned @" in outputs, outputs
     assert (tmp_path / "run" / "model" / "config.json").is_file()

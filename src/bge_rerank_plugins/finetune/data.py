@@ -13,6 +13,9 @@ format                      record
 ``triplet``                 ``{"query", "pos_doc", "neg_doc"}``
 ``flag``                    FlagEmbedding JSONL ``{"query", "pos": [..], "neg": [..],
                             "pos_scores"?: [..], "neg_scores"?: [..]}``
+``group``                   :class:`TrainingGroup` spelled as a dict: ``{"query",
+                            "positives": [..], "negatives"?: [..], "positive_scores"?,
+                            "negative_scores"?}``
 BEIR folder + split         ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>.tsv``
                             (+ ``candidates/<split>.jsonl`` for hard negatives)
 ==========================  ===========================================================
@@ -65,7 +68,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 #: The record formats :func:`parse_records` understands.
-FORMATS = ("llama_index", "pointwise", "triplet", "flag")
+FORMATS = ("llama_index", "pointwise", "triplet", "flag", "group")
 
 
 def _check_text(value: Any, where: str) -> str:
@@ -323,11 +326,32 @@ def _parse_flag(record: Mapping[str, Any], where: str) -> TrainingGroup:
     return TrainingGroup(query, tuple(pos), tuple(neg), scores[0], scores[1])
 
 
+def _parse_group(record: Mapping[str, Any], where: str) -> TrainingGroup:
+    query = _check_text(_get(record, "query", where), f"{where}: field 'query'")
+    positives = _text_list(record, "positives", where, required=True)
+    if not positives:
+        raise ValueError(
+            f"{where}: field 'positives' is empty; each query needs a positive passage"
+        )
+    negatives = _text_list(record, "negatives", where, required=False)
+    try:
+        return TrainingGroup(
+            query,
+            tuple(positives),
+            tuple(negatives),
+            record.get("positive_scores"),
+            record.get("negative_scores"),
+        )
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{where}: {error}") from None
+
+
 _PARSERS = {
     "llama_index": _parse_llama_index,
     "pointwise": _parse_pointwise,
     "triplet": _parse_triplet,
     "flag": _parse_flag,
+    "group": _parse_group,
 }
 
 
@@ -342,6 +366,8 @@ def detect_format(record: Any) -> str:
     fields = set(_as_mapping(record, "record"))
     if "pos" in fields:
         return "flag"
+    if "positives" in fields:
+        return "group"
     if "pos_doc" in fields or "neg_doc" in fields:
         return "triplet"
     if "passage" in fields:
@@ -351,7 +377,8 @@ def detect_format(record: Any) -> str:
     raise ValueError(
         f"cannot tell the format of a record with fields {sorted(fields)}: expected "
         "{'query','context','score'} (LlamaIndex), {'query','passage','score'} (pointwise), "
-        "{'query','pos_doc','neg_doc'} (triplet) or {'query','pos','neg'} (FlagEmbedding)"
+        "{'query','pos_doc','neg_doc'} (triplet), {'query','pos','neg'} (FlagEmbedding) or "
+        "{'query','positives','negatives'} (TrainingGroup fields)"
     )
 
 

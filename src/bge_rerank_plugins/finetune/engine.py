@@ -15,9 +15,11 @@ Face model folder, written atomically (:mod:`bge_rerank_plugins.finetune.export`
 Data: a list of LlamaIndex ``CrossEncoderFinetuningDatasetSample`` (anything with ``query``,
 ``context``, ``score`` attributes or keys) or grouped records (``query``, ``positives``,
 ``negatives`` and optionally ``positive_scores``/``negative_scores`` (teacher scores), e.g.
-:class:`~bge_rerank_plugins.finetune.data.TrainingGroup`). The default loss, ``"softmax"``,
-trains on groups (one positive + ``num_negatives`` negatives): pointwise samples are grouped by
-query, and a query without enough negatives borrows random passages of other queries.
+:class:`~bge_rerank_plugins.finetune.data.TrainingGroup`). The grouped losses train on
+groups (one positive + ``num_negatives`` negatives): pointwise samples are grouped by query,
+and a query without enough negatives borrows random passages of other queries.
+The default loss, ``"auto"``, is ``"distill"`` (grouped softmax plus a KL term to the teacher
+scores) when every training record carries teacher scores, and ``"softmax"`` otherwise.
 
 Example:
     >>> from bge_rerank_plugins.finetune.engine import CrossEncoderFinetuneEngine
@@ -46,13 +48,13 @@ logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULTS", "CrossEncoderFinetuneEngine", "FinetuneResult"]
 
-_LOSSES = ("softmax", "bce", "distill")
+_LOSSES = ("auto", "softmax", "bce", "distill")
 _PRECISIONS = ("auto", "fp32", "fp16", "bf16")
 
 #: The engine's defaults: the recipe measured on SciFact with the MiniLM cross-encoder on a
 #: 2-core CPU (docs/finetuning.md). Keyword arguments of the constructor override them.
 DEFAULTS: dict[str, Any] = {
-    "loss": "softmax",
+    "loss": "auto",
     "num_negatives": 3,
     "learning_rate": 2e-4,
     "head_learning_rate": 2e-3,
@@ -133,19 +135,10 @@ def _pointwise(dataset: Sequence[Any], what: str) -> list[tuple[str, str, float]
 
 def _records(dataset: Sequence[Any], what: str) -> list[Any]:
     """Any supported input format as :class:`~.data.TrainingGroup` records."""
-    from .data import TrainingGroup, load_training_data
+    from .data import load_training_data
 
-    items = []
-    for sample in dataset:
-        if not isinstance(sample, TrainingGroup) and _get(sample, "positives") is not None:
-            # grouped records spelled with the attribute names of TrainingGroup
-            fields = ("positives", "negatives", "positive_scores", "negative_scores")
-            values = {name: _get(sample, name) for name in fields}
-            values["negatives"] = values["negatives"] or ()
-            sample = TrainingGroup(str(_get(sample, "query")), **values)
-        items.append(sample)
     try:
-        return load_training_data(items)
+        return load_training_data(dataset)
     except ValueError as error:
         raise ValueError(f"{what}: {error}") from error
 
@@ -266,10 +259,12 @@ class CrossEncoderFinetuneEngine:
         batch_size: groups (softmax loss) or pairs (bce) per optimizer micro-step.
         val_dataset: validation samples, same formats; enables evaluation every
             ``evaluation_steps``, keeps the best checkpoint by MRR@10 and early stopping.
-        loss: ``"softmax"`` (grouped softmax cross-entropy, default), ``"bce"`` (pointwise,
-            LlamaIndex's objective), ``"distill"`` (softmax + KL to the teacher scores of the
-            groups), or a sentence-transformers cross-encoder loss instance / a callable
-            ``model -> loss`` trained on pointwise (query, context, score) rows.
+        loss: ``"auto"`` (default: ``"distill"`` when every training record carries teacher
+            scores, else ``"softmax"``), ``"softmax"`` (grouped softmax cross-entropy),
+            ``"bce"`` (pointwise, LlamaIndex's objective), ``"distill"`` (softmax + KL to the
+            teacher scores of the groups), or a sentence-transformers cross-encoder loss
+            instance / a callable ``model -> loss`` trained on pointwise (query, context,
+            score) rows. ``self.loss`` holds the resolved choice.
         epochs: passes over the training data.
         show_progress_bar: tqdm bars during training.
         evaluation_steps: evaluate (and checkpoint) every this many steps.
@@ -380,7 +375,7 @@ class CrossEncoderFinetuneEngine:
         self.model_output_path = str(model_output_path)
         self.batch_size = int(batch_size)
         self.val_dataset = list(val_dataset) if val_dataset is not None else None
-        self.loss = DEFAULTS["loss"] if loss is None else loss
+        self.loss = self._resolve_loss(DEFAULTS["loss"] if loss is None else loss)
         self.epochs = int(epochs)
         self.show_progress_bar = bool(show_progress_bar)
         self.evaluation_steps = int(evaluation_steps)
@@ -528,6 +523,25 @@ class CrossEncoderFinetuneEngine:
         p95 = lengths[int(0.95 * (len(lengths) - 1))] if lengths else cap
         chosen = min(cap, limit, max(32, int(math.ceil(p95 / 16) * 16)))
         logger.info("max_length='auto' -> %d tokens (p95 of the pairs: %d).", chosen, p95)
+        return chosen
+
+    def _resolve_loss(self, loss: Any) -> Any:
+        """``"auto"`` -> ``"distill"`` when every record has teacher scores, else ``"softmax"``.
+
+        Distillation won every comparison on SciFact with the small CPU budget (docs/finetuning.md),
+        so data that brings teacher scores trains with them unless told otherwise.
+        """
+        if loss != "auto":
+            return loss
+        records = _records(self.dataset, "dataset")
+        chosen = "distill" if all(r.has_scores for r in records) else "softmax"
+        logger.info(
+            "loss='auto' -> %r (%s).",
+            chosen,
+            "every training record carries teacher scores"
+            if chosen == "distill"
+            else "no teacher scores on the training records",
+        )
         return chosen
 
     def _grouped(self) -> bool:
