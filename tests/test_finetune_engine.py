@@ -182,23 +182,21 @@ def test_distillation_from_teacher_scores(tiny_bert: Path, tmp_path: Path) -> No
         }
         for g in groups
     ]
-    auto = CrossEncoderFinetuneEngine(
-        as_dicts,
-        model_id=str(tiny_bert),
-        model_output_path=str(tmp_path / "auto"),
-        num_negatives=2,
-        show_progress_bar=False,
-    )
+
+    def default_loss_engine(records: list, name: str) -> CrossEncoderFinetuneEngine:
+        return CrossEncoderFinetuneEngine(
+            records,
+            model_id=str(tiny_bert),
+            model_output_path=str(tmp_path / name),
+            num_negatives=2,
+            show_progress_bar=False,
+        )
+
+    auto = default_loss_engine(as_dicts, "auto")
     assert auto.loss == "distill" and "teacher" in auto.train_dataset.column_names
     assert auto._make_loss().distill_weight > 0
     as_dicts[0]["positive_scores"] = as_dicts[0]["negative_scores"] = None
-    mixed = CrossEncoderFinetuneEngine(
-        as_dicts,
-        model_id=str(tiny_bert),
-        model_output_path=str(tmp_path / "mixed"),
-        num_negatives=2,
-        show_progress_bar=False,
-    )
+    mixed = default_loss_engine(as_dicts, "mixed")
     assert mixed.loss == "softmax"  # one record without scores: no silent partial distillation
     assert "teacher" not in mixed.train_dataset.column_names
 
