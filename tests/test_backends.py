@@ -102,3 +102,25 @@ def test_int8_on_real_minilm_keeps_order(minilm_model):
     expected = reference.score(QUERY, PASSAGES)
     assert max(abs(x - y) for x, y in zip(expected, onnx.score(QUERY, PASSAGES))) < 1e-4
     assert _spearman(expected, quantized.score(QUERY, PASSAGES)) >= 0.8
+
+
+def test_torch_int8_shares_weights_and_leaves_the_source_model_alone(tiny_bert):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bge_rerank_plugins.backends.torch_int8 import quantize_linear_int8
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    inputs = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]])}
+    with torch.inference_mode():
+        before = model(**inputs).logits
+    quantized = quantize_linear_int8(model)
+    # the source keeps its float32 Linear layers and its outputs
+    assert all(type(m) is torch.nn.Linear for m in model.modules() if "Linear" in type(m).__name__)
+    with torch.inference_mode():
+        assert torch.equal(model(**inputs).logits, before)
+        assert torch.allclose(quantized(**inputs).logits, before, atol=0.1)
+    # no second float32 copy of the embeddings: the int8 model reads the same tensor
+    embeddings = model.get_input_embeddings().weight
+    assert quantized.get_input_embeddings().weight.data_ptr() == embeddings.data_ptr()
+    assert not any(type(m) is torch.nn.Linear for m in quantized.modules())

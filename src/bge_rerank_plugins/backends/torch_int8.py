@@ -36,7 +36,14 @@ def quantize_linear_int8(model: Any) -> Any:
     import torch
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
-    source = copy.deepcopy(model).to("cpu").float().eval()
+    if _on_cpu_in_float32(model):
+        # Copy the module tree but share every tensor with ``model``: quantizing in place then
+        # swaps the copy's Linear layers for int8 ones, and the embeddings stay shared instead
+        # of duplicated (a second float32 copy of XLM-R's 250k-token embeddings is 0.8 GB).
+        shared = {id(t): t for t in (*model.parameters(), *model.buffers())}
+        source = copy.deepcopy(model, memo=shared).eval()
+    else:  # a GPU or half-precision model: a float32 CPU copy of its own, the original untouched
+        source = copy.deepcopy(model).to("cpu").float().eval()
     engines = torch.backends.quantized.supported_engines
     if torch.backends.quantized.engine not in engines or torch.backends.quantized.engine == "none":
         for engine in ("x86", "fbgemm", "qnnpack", "onednn"):
@@ -45,8 +52,14 @@ def quantize_linear_int8(model: Any) -> Any:
                 break
     # One scale per output channel: rankings stay much closer to float32 than per-tensor.
     return quantize_dynamic(
-        source, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8
+        source, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
     )
+
+
+def _on_cpu_in_float32(model: Any) -> bool:
+    import torch
+
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 for t in model.parameters())
 
 
 class TorchInt8Runner:
