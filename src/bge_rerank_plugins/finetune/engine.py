@@ -375,7 +375,11 @@ class CrossEncoderFinetuneEngine:
         self.model_output_path = str(model_output_path)
         self.batch_size = int(batch_size)
         self.val_dataset = list(val_dataset) if val_dataset is not None else None
-        self.loss = self._resolve_loss(DEFAULTS["loss"] if loss is None else loss)
+        loss = DEFAULTS["loss"] if loss is None else loss
+        # "auto" must read every record to decide; the grouped loss it picks then builds its
+        # dataset from these parsed records instead of parsing the input a second time
+        self._parsed_dataset = _records(self.dataset, "dataset") if loss == "auto" else None
+        self.loss = self._resolve_loss(loss, self._parsed_dataset)
         self.epochs = int(epochs)
         self.show_progress_bar = bool(show_progress_bar)
         self.evaluation_steps = int(evaluation_steps)
@@ -418,7 +422,9 @@ class CrossEncoderFinetuneEngine:
         self._max_length = self._resolve_max_length()
         self.model.max_length = self._max_length
         self._rng = random.Random(self.seed)
-        self.train_dataset = self._build_dataset(self.dataset, "dataset")
+        self.train_dataset = self._build_dataset(
+            self.dataset if self._parsed_dataset is None else self._parsed_dataset, "dataset"
+        )
         self.evaluator = self._build_evaluator()
 
     # -- set-up -----------------------------------------------------------------------------
@@ -525,7 +531,8 @@ class CrossEncoderFinetuneEngine:
         logger.info("max_length='auto' -> %d tokens (p95 of the pairs: %d).", chosen, p95)
         return chosen
 
-    def _resolve_loss(self, loss: Any) -> Any:
+    @staticmethod
+    def _resolve_loss(loss: Any, records: Sequence[Any] | None) -> Any:
         """``"auto"`` -> ``"distill"`` when every record has teacher scores, else ``"softmax"``.
 
         Distillation won every comparison on SciFact with the small CPU budget (docs/finetuning.md),
@@ -533,7 +540,7 @@ class CrossEncoderFinetuneEngine:
         """
         if loss != "auto":
             return loss
-        records = _records(self.dataset, "dataset")
+        assert records is not None  # parsed whenever the loss is "auto"
         chosen = "distill" if all(r.has_scores for r in records) else "softmax"
         logger.info(
             "loss='auto' -> %r (%s).",
