@@ -274,6 +274,14 @@ def _text_list(record: Mapping[str, Any], name: str, where: str, required: bool)
     return [_check_text(v, f"{where}: field {name!r}[{i}]") for i, v in enumerate(value)]
 
 
+def _positive_list(record: Mapping[str, Any], name: str, where: str) -> list[str]:
+    """The required, non-empty list of positive passages of a grouped record."""
+    positives = _text_list(record, name, where, required=True)
+    if not positives:
+        raise ValueError(f"{where}: field {name!r} is empty; each query needs a positive passage")
+    return positives
+
+
 def _parse_llama_index(record: Mapping[str, Any], where: str) -> PointwiseExample:
     query = _check_text(_get(record, "query", where), f"{where}: field 'query'")
     context = _check_text(_get(record, "context", where), f"{where}: field 'context'")
@@ -297,10 +305,8 @@ def _parse_triplet(record: Mapping[str, Any], where: str) -> TrainingGroup:
 
 def _parse_flag(record: Mapping[str, Any], where: str) -> TrainingGroup:
     query = _check_text(_get(record, "query", where), f"{where}: field 'query'")
-    pos = _text_list(record, "pos", where, required=True)
+    pos = _positive_list(record, "pos", where)
     neg = _text_list(record, "neg", where, required=False)
-    if not pos:
-        raise ValueError(f"{where}: field 'pos' is empty; each query needs a positive passage")
     scores: list[tuple[float, ...] | None] = []
     for name, texts in (("pos_scores", pos), ("neg_scores", neg)):
         raw = record.get(name)
@@ -328,11 +334,7 @@ def _parse_flag(record: Mapping[str, Any], where: str) -> TrainingGroup:
 
 def _parse_group(record: Mapping[str, Any], where: str) -> TrainingGroup:
     query = _check_text(_get(record, "query", where), f"{where}: field 'query'")
-    positives = _text_list(record, "positives", where, required=True)
-    if not positives:
-        raise ValueError(
-            f"{where}: field 'positives' is empty; each query needs a positive passage"
-        )
+    positives = _positive_list(record, "positives", where)
     negatives = _text_list(record, "negatives", where, required=False)
     try:
         return TrainingGroup(
