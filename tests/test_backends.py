@@ -104,7 +104,8 @@ def test_int8_on_real_minilm_keeps_order(minilm_model):
     assert _spearman(expected, quantized.score(QUERY, PASSAGES)) >= 0.8
 
 
-def test_torch_int8_shares_weights_and_leaves_the_source_model_alone(tiny_bert):
+@pytest.mark.parametrize("per_token", [True, False], ids=["per-token", "quantize_dynamic"])
+def test_torch_int8_shares_weights_and_leaves_the_source_model_alone(tiny_bert, per_token):
     import torch
     from transformers import AutoModelForSequenceClassification
 
@@ -114,7 +115,7 @@ def test_torch_int8_shares_weights_and_leaves_the_source_model_alone(tiny_bert):
     inputs = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]])}
     with torch.inference_mode():
         before = model(**inputs).logits
-    quantized = quantize_linear_int8(model)
+    quantized = quantize_linear_int8(model, per_token=per_token)
     # the source keeps its float32 Linear layers and its outputs
     assert all(type(m) is torch.nn.Linear for m in model.modules() if "Linear" in type(m).__name__)
     with torch.inference_mode():
@@ -123,4 +124,58 @@ def test_torch_int8_shares_weights_and_leaves_the_source_model_alone(tiny_bert):
     # no second float32 copy of the embeddings: the int8 model reads the same tensor
     embeddings = model.get_input_embeddings().weight
     assert quantized.get_input_embeddings().weight.data_ptr() == embeddings.data_ptr()
-    assert not any(type(m) is torch.nn.Linear for m in quantized.modules())
+    # every encoder Linear is int8; the classification head stays float32
+    assert not any(type(m) is torch.nn.Linear for m in quantized.base_model.modules())
+    assert type(quantized.classifier) is torch.nn.Linear
+    assert quantized.classifier.weight.data_ptr() == model.classifier.weight.data_ptr()
+
+
+def test_int8_linear_is_per_token_int8_arithmetic():
+    """Int8Linear computes exactly round(x / row scale) @ round(W / channel scale), rescaled."""
+    import torch
+
+    from bge_rerank_plugins.backends.torch_int8 import Int8Linear
+
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(24, 10)
+    # tokens of very different sizes
+    x = torch.randn(3, 5, 24) * torch.logspace(-2, 2, 5)[None, :, None]
+    x[0, 0] = 0.0  # an all-zero token must not divide by zero
+    x[1, 2, 3] = 40.0  # an outlier spoils only its own row
+
+    weight = linear.weight.detach().double()
+    weight_scale = weight.abs().amax(dim=1) / 127
+    weight_int = torch.round(weight / weight_scale[:, None])
+    rows = x.reshape(-1, 24).double()
+    row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
+    row_int = torch.round(rows / row_scale)
+    expected = (row_int @ weight_int.T) * row_scale * weight_scale + linear.bias.detach().double()
+
+    with torch.inference_mode():
+        got = Int8Linear(linear)(x)
+    assert got.shape == (3, 5, 10) and got.dtype == torch.float32
+    assert torch.allclose(got.reshape(-1, 10).double(), expected, rtol=1e-5, atol=1e-5)
+    assert torch.allclose(got[0, 0], linear.bias.detach())
+    # Against float32, every token keeps a small error relative to its own size, the 0.01-sized
+    # ones included: one scale for the whole batch (set by the 40.0 outlier) would round them
+    # to zero.
+    with torch.inference_mode():
+        reference = linear(x) - linear.bias
+        got_products = got - linear.bias
+    error = (reference - got_products).abs().amax(dim=-1)
+    size = reference.abs().amax(dim=-1)
+    nonzero = size > 0
+    assert (error[nonzero] / size[nonzero]).max() < 0.05
+
+
+def test_int8_linear_bias_free_and_single_row():
+    import torch
+
+    from bge_rerank_plugins.backends.torch_int8 import Int8Linear
+
+    linear = torch.nn.Linear(16, 4, bias=False)
+    x = torch.randn(1, 16)
+    with torch.inference_mode():
+        got = Int8Linear(linear)(x)
+    assert got.shape == (1, 4)
+    assert torch.allclose(got, linear(x).detach(), atol=0.05)

@@ -24,6 +24,7 @@ __all__ = [
     "DTYPES",
     "LoadedModel",
     "clear_model_cache",
+    "cpu_has_int8_dot",
     "cpu_has_native_bf16",
     "cpu_bf16_autocast",
     "load_cross_encoder",
@@ -54,6 +55,18 @@ def resolve_device(device: str | None) -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def _cpu_flags() -> frozenset[str]:
+    """The instruction-set flags of this CPU from ``/proc/cpuinfo`` (empty off Linux)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether this CPU computes bfloat16 matrix products in hardware (AVX512-BF16 or AMX).
 
@@ -61,15 +74,17 @@ def cpu_has_native_bf16() -> bool:
     on a 2-core AMD EPYC with AVX512-BF16, docs/finetuning.md); without it, bfloat16 is emulated
     and slower than float32. Read from ``/proc/cpuinfo``, so False off Linux.
     """
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    return bool(_cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_int8_dot() -> bool:
+    """Whether this CPU has an int8 dot-product instruction (AVX512-VNNI, AVX-VNNI or AMX-INT8).
+
+    Without one, x86 int8 kernels multiply pairs of 8-bit values into 16-bit sums that can
+    saturate when both operands use the full 8-bit range; with one, they accumulate in 32 bits.
+    Read from ``/proc/cpuinfo``, so False off Linux.
+    """
+    return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 
 
 def cpu_bf16_autocast(precision: str) -> bool:

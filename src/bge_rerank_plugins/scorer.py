@@ -95,8 +95,9 @@ class CrossEncoderScorer:
         revision, trust_remote_code: passed to ``from_pretrained``; remote code is off unless
             asked for.
         backend: ``"torch"`` (default), ``"onnx"`` (ONNX Runtime, float32, same scores to
-            ~1e-5), ``"onnx-int8"`` or ``"torch-int8"`` (dynamic int8 quantization: faster on
-            CPU, scores shift slightly); see :mod:`bge_rerank_plugins.backends`.
+            ~1e-5), ``"torch-int8"`` (int8 with per-token activation scales: the fastest on
+            CPU, rankings kept closely) or ``"onnx-int8"`` (ONNX Runtime's dynamic int8);
+            int8 scores shift slightly; see :mod:`bge_rerank_plugins.backends`.
 
     The query is never truncated to make room for the passage; if the query alone exceeds
     ``query_max_length`` (default: half of ``max_length``) it is cut to that many tokens, so

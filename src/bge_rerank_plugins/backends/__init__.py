@@ -6,10 +6,12 @@ returns its logits. Pick one with ``CrossEncoderScorer(..., backend=...)``:
 - ``"torch"`` (default): the ``transformers`` model as loaded, in the scorer's dtype.
 - ``"onnx"``: the model exported once to ONNX and run by ONNX Runtime with all graph
   optimizations (float32; scores match ``"torch"`` to about 1e-5). Needs the ``onnx`` extra.
-- ``"onnx-int8"``: the ONNX export with dynamically quantized int8 weights: the fastest on CPU,
-  scores shift slightly (rankings agree closely; see ``docs/benchmarks.md``).
-- ``"torch-int8"``: ``torch.ao.quantization.quantize_dynamic`` on the ``Linear`` layers; CPU only,
-  no extra dependency.
+- ``"torch-int8"``: the encoder's ``Linear`` layers as int8 x int8 products, with one scale per
+  weight channel and one per token of activations (on CPUs with VNNI or AMX; elsewhere
+  ``torch.ao.quantization.quantize_dynamic``). CPU only, no extra dependency; of the int8
+  backends the faster one and the one that keeps rankings closest (see ``docs/benchmarks.md``).
+- ``"onnx-int8"``: the ONNX export with dynamically quantized int8 weights (one activation
+  scale per batch); needs the ``onnx`` extra.
 
 Exported and quantized ONNX files are cached in an ``onnx/`` folder inside the model directory
 (or under ``~/.cache/bge_rerank_plugins/onnx`` when that is not writable) and reused while the
