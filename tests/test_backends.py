@@ -179,3 +179,29 @@ def test_int8_linear_bias_free_and_single_row():
         got = Int8Linear(linear)(x)
     assert got.shape == (1, 4)
     assert torch.allclose(got, linear(x).detach(), atol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("has_dot", "int_mm_fails", "expect_per_token"),
+    [(True, False, True), (False, False, False), (True, True, False)],
+    ids=["vnni", "no-vnni", "no-int-mm-kernel"],
+)
+def test_torch_int8_picks_per_token_only_where_it_is_safe(
+    monkeypatch, has_dot, int_mm_fails, expect_per_token
+):
+    import torch
+
+    from bge_rerank_plugins.backends import torch_int8
+
+    monkeypatch.setattr(torch_int8, "cpu_has_int8_dot", lambda: has_dot)
+    if int_mm_fails:
+
+        def no_kernel(*args, **kwargs):
+            raise RuntimeError("_int_mm: no CPU kernel")
+
+        monkeypatch.setattr(torch, "_int_mm", no_kernel)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8))
+    quantized = torch_int8.quantize_linear_int8(model)
+    kinds = {type(m).__name__ for m in quantized.modules()}
+    assert ("Int8Linear" in kinds) is expect_per_token
+    assert type(quantized[0]) is not torch.nn.Linear  # quantized either way

@@ -100,7 +100,7 @@ def quantize_linear_int8(model: Any, *, per_token: bool | None = None) -> Any:
     ('Int8Linear', 'Linear')
     """
     if per_token is None:
-        per_token = cpu_has_int8_dot()
+        per_token = cpu_has_int8_dot() and _cpu_int_mm_works()
     if _on_cpu_in_float32(model):
         # Copy the module tree but share every tensor with ``model``: swapping the copy's
         # Linear layers for int8 ones then leaves the embeddings shared instead of duplicated
@@ -129,6 +129,16 @@ def quantize_linear_int8(model: Any, *, per_token: bool | None = None) -> Any:
         body, {torch.nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
     )
     return copied
+
+
+def _cpu_int_mm_works() -> bool:
+    """Whether this torch multiplies int8 matrices on the CPU (``torch._int_mm`` is private, and
+    older releases have no CPU kernel): a torch without it takes the ``quantize_dynamic`` path."""
+    try:
+        ones = torch.ones(17, 8, dtype=torch.int8)
+        return bool(torch._int_mm(ones, ones[:8]).sum() == 17 * 8 * 8)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return False
 
 
 def _body(model: Any) -> Any:
