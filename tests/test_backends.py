@@ -181,6 +181,80 @@ def test_int8_linear_bias_free_and_single_row():
     assert torch.allclose(got, linear(x).detach(), atol=0.05)
 
 
+def test_shared_projection_slices_equal_separate_int8_layers():
+    """query/key/value as slices of one int8 product: the same numbers as three Int8Linear
+    layers (integer sums are exact), in any call order, and no activation kept afterwards."""
+    import torch
+
+    from bge_rerank_plugins.backends.torch_int8 import (
+        Int8Linear,
+        Int8ProjectionSlice,
+        SharedInt8Projection,
+    )
+
+    torch.manual_seed(0)
+    layers = [torch.nn.Linear(16, 8), torch.nn.Linear(16, 8, bias=False), torch.nn.Linear(16, 4)]
+    shared = SharedInt8Projection(layers)
+    slices = [
+        Int8ProjectionSlice(shared, i, a, b) for i, (a, b) in enumerate([(0, 8), (8, 16), (16, 20)])
+    ]
+    x, other = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    with torch.inference_mode():
+        expected = [Int8Linear(layer)(x) for layer in layers]
+        for order in ([0, 1, 2], [2, 0, 1]):
+            got = {i: slices[i](x) for i in order}
+            for i in range(3):
+                assert torch.equal(got[i], expected[i])
+            assert not shared._pending  # dropped once all three have read it
+        # a different tensor is computed afresh, not served from the other one's product
+        assert torch.equal(slices[0](x), expected[0])
+        assert torch.equal(slices[1](other), Int8Linear(layers[1])(other))
+        assert torch.equal(slices[0](x), expected[0])  # a second read by one slice recomputes
+
+
+def test_torch_int8_shares_the_attention_projections(tiny_bert):
+    import threading
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bge_rerank_plugins.backends import torch_int8
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
+    quantized = torch_int8.quantize_linear_int8(model, per_token=True)
+    kinds = [type(m).__name__ for m in quantized.modules()]
+    layers = model.config.num_hidden_layers
+    assert kinds.count("Int8ProjectionSlice") == 3 * layers
+    assert kinds.count("SharedInt8Projection") == layers
+    saved = torch_int8._share_projections
+    torch_int8._share_projections = lambda *args: None
+    try:
+        separate = torch_int8.quantize_linear_int8(model, per_token=True)
+    finally:
+        torch_int8._share_projections = saved
+    torch.manual_seed(1)
+    batches = [torch.randint(4, 100, (3, 9)) for _ in range(6)]
+    with torch.inference_mode():
+        expected = [separate(input_ids=ids).logits for ids in batches]
+        assert all(
+            torch.equal(quantized(input_ids=ids).logits, e) for ids, e in zip(batches, expected)
+        )
+        # threads sharing the model never read each other's products
+        results: dict[int, list] = {}
+
+        def work(worker: int) -> None:
+            with torch.inference_mode():
+                results[worker] = [quantized(input_ids=ids).logits for ids in batches * 3]
+
+        threads = [threading.Thread(target=work, args=(w,)) for w in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    for got in results.values():
+        assert all(torch.equal(g, e) for g, e in zip(got, expected * 3))
+
+
 @pytest.mark.parametrize(
     ("has_dot", "int_mm_fails", "expect_per_token"),
     [(True, False, True), (False, False, False), (True, True, False)],
