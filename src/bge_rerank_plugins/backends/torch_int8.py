@@ -8,7 +8,8 @@ depends on the CPU:
   the product runs in ``torch._int_mm``. One outlier token then costs precision in its own row
   only, instead of in the whole batch: on a fine-tuned MiniLM (150 SciFact dev queries x 20
   candidates), per-query Spearman against float32 rose from 0.805 (min) / 0.955 (mean) to
-  0.971 / 0.994 (docs/benchmarks.md).
+  0.964-0.971 / 0.994 (docs/benchmarks.md). The attention's query, key and value layers
+  share one product (:class:`SharedInt8Projection`): their input is quantized once.
 - Without one, ``torch.ao.quantization.quantize_dynamic`` (one activation scale per batch,
   7-bit activations), whose x86 kernels are safe from 16-bit saturation on any CPU.
 
