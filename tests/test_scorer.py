@@ -384,3 +384,24 @@ def test_template_separators_only_between_present_fields() -> None:
     labelled = PassageTemplate("Title: {title}\nBody: {text}")
     assert labelled.render({"title": "T"}) == "Title: T"
     assert labelled.render({"title": "T", "text": "b"}) == "Title: T\nBody: b"
+
+
+@pytest.mark.parametrize("backend", ["torch", "torch-int8"])
+def test_score_cli_prints_ranked_json_lines(tiny_bert: Path, capsys, backend: str) -> None:
+    import json
+
+    from bge_rerank_plugins.cli import main
+
+    passages = ["a cat on a mat", "quantum field theory", "cats sleep a lot"]
+    args = ["score", "--model", str(tiny_bert), "--query", "cats", *passages]
+    assert main([*args, "--raw", "--backend", backend]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    want = CrossEncoderScorer(tiny_bert, backend=backend).score("cats", passages, normalize=False)
+    assert sorted(r["index"] for r in rows) == [0, 1, 2]
+    assert [r["score"] for r in rows] == sorted((r["score"] for r in rows), reverse=True)
+    for row in rows:
+        assert row["score"] == pytest.approx(want[row["index"]], rel=1e-5, abs=1e-6)
+        assert row["text"] == passages[row["index"]]
+    with pytest.raises(SystemExit):
+        main([*args, "--backend", "int8"])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err

@@ -308,6 +308,20 @@ def test_metrics_count_requests_pairs_and_latency(tiny_bert):
     assert "# TYPE bge_rerank_request_latency_seconds histogram" in text
 
 
+def test_int8_backend_serves_the_in_process_int8_scores(tiny_bert):
+    config = ServerConfig(model=str(tiny_bert), backend="torch-int8")
+    with serving(config) as s:
+        r = httpx.post(f"{s.url}/rerank", json={"query": QUERY, "texts": TEXTS, "raw_scores": True})
+    assert r.status_code == 200
+    got = {item["index"]: item["score"] for item in r.json()}
+    want = CrossEncoderScorer(tiny_bert, backend="torch-int8").score(QUERY, TEXTS, normalize=False)
+    exact = CrossEncoderScorer(tiny_bert).score(QUERY, TEXTS, normalize=False)
+    assert [got[i] for i in range(len(TEXTS))] == pytest.approx(want, rel=1e-5, abs=1e-6)
+    assert [got[i] for i in range(len(TEXTS))] != pytest.approx(exact, rel=1e-7, abs=1e-7)
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ServerConfig(model="m", backend="int8")
+
+
 # ---------------------------------------------------------------------------- batching
 async def _fire(url: str, n: int, texts: list[str]) -> list[httpx.Response]:
     async with httpx.AsyncClient(timeout=60) as client:
@@ -526,10 +540,13 @@ def test_serve_cli_builds_the_config(monkeypatch):
             "50",
             "--api-key",
             "k",
+            "--backend",
+            "torch-int8",
         ]
     )
     assert code == 0
     config = seen["config"]
+    assert config.backend == "torch-int8"
     assert (seen["host"], seen["port"]) == ("127.0.0.1", 9001)
     assert (config.model, config.batching, config.max_batch_wait_ms) == ("m", False, 0.0)
     assert (config.max_documents, config.api_key) == (50, "k")

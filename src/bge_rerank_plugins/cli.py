@@ -26,7 +26,20 @@ def _add_score(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--raw", action="store_true", help="print raw logits, not sigmoid scores")
     parser.add_argument("--max-length", default=None, help="an int or 'auto'")
     parser.add_argument("--device", default=None)
+    _add_backend(parser)
     parser.set_defaults(handler=_run_score)
+
+
+def _add_backend(parser: argparse.ArgumentParser) -> None:
+    from .backends import BACKENDS
+
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="torch",
+        help="torch (exact), onnx (exact, needs the onnx extra), torch-int8 or onnx-int8 "
+        "(approximate, about 2x faster on CPU; see docs/benchmarks.md)",
+    )
 
 
 def _run_score(args: argparse.Namespace) -> int:
@@ -36,7 +49,11 @@ def _run_score(args: argparse.Namespace) -> int:
     if max_length is not None and max_length != "auto":
         max_length = int(max_length)
     scorer = CrossEncoderScorer(
-        args.model, device=args.device, max_length=max_length, normalize=not args.raw
+        args.model,
+        device=args.device,
+        max_length=max_length,
+        normalize=not args.raw,
+        backend=args.backend,
     )
     for ranked in scorer.rank(args.query, args.passages, top_k=args.top_k):
         print(
@@ -59,6 +76,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("--port", type=int, default=8080)
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default="auto")
+    _add_backend(parser)
     parser.add_argument("--max-length", default=None, help="an int or 'auto'")
     parser.add_argument(
         "--batch-size", type=int, default=None, help="most pairs per pass (default 8 CPU, 32 GPU)"
@@ -117,6 +135,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         model=args.model,
         device=args.device,
         dtype=args.dtype,
+        backend=args.backend,
         max_length=max_length,
         batch_size=args.batch_size,
         max_batch_pairs=args.max_batch_pairs,
