@@ -68,7 +68,7 @@ class ServerConfig:
         model: Hub id or local directory of the cross-encoder.
         device, dtype, max_length, batch_size, token_budget, backend: passed to
             :class:`~bge_rerank_plugins.CrossEncoderScorer` (``batch_size`` is the most pairs per
-            forward pass; ``backend="torch-int8"`` serves about twice the pairs/s of float32 on
+            forward pass; ``backend="torch-int8"`` served 1.6x the pairs/s of float32 on
             a CPU with VNNI, with approximate scores: docs/benchmarks.md).
         max_batch_pairs: most pairs the batcher merges from concurrent requests into one scorer
             call (the scorer then length-sorts them and cuts them into forward passes).
