@@ -92,3 +92,23 @@ def test_one_scorer_serves_both_frameworks(tiny_bert: Path) -> None:
     separate = BGERerankCompressor(model=tiny_bert, device="cpu")
     assert separate.get_scorer() is not reranker.get_scorer()
     assert separate.get_scorer().model is reranker.get_scorer().model
+
+
+def test_adapters_load_the_backend_they_are_given(tiny_bert: Path) -> None:
+    from typing import get_args
+
+    from bge_rerank_plugins.adapter_options import ScorerOptions
+    from bge_rerank_plugins.backends import BACKENDS
+
+    assert set(get_args(ScorerOptions.model_fields["backend"].annotation)) == set(BACKENDS)
+    texts = [text for _, text in RECORDS]
+    int8 = CrossEncoderScorer(tiny_bert, device="cpu", backend="torch-int8").score(QUERY, texts)
+    exact = CrossEncoderScorer(tiny_bert, device="cpu").score(QUERY, texts)
+    assert int8 != exact  # the two backends are told apart
+    options = {"model": tiny_bert, "device": "cpu", "top_n": None, "backend": "torch-int8"}
+    assert llama_scores(BGEReranker(**options)) == int8
+    assert langchain_scores(BGERerankCompressor(**options)) == int8
+    with pytest.raises(ValueError, match="backend"):
+        BGEReranker(model=tiny_bert, backend="int8")
+    with pytest.raises(ValueError, match="backend: these loading options belong"):
+        BGERerankCompressor(scorer=CrossEncoderScorer(tiny_bert), backend="torch-int8")

@@ -1,7 +1,8 @@
 """Options shared by the framework adapters, and the one place that turns them into a scorer.
 
 :class:`ScorerOptions` holds what it takes to load a :class:`~bge_rerank_plugins.CrossEncoderScorer`
-(model, device, precision, batch size, max length, normalize) or an existing ``scorer`` to share.
+(model, device, precision, batch size, max length, normalize, backend) or an existing
+``scorer`` to share.
 :class:`RerankOptions` adds what a reranking step decides (``top_n``, ``score_threshold``, a
 ``template`` over text and metadata). The LlamaIndex postprocessor
 (:class:`~bge_rerank_plugins.llama_index.BGEReranker`) and the LangChain classes
@@ -40,7 +41,14 @@ __all__ = ["LOADING_OPTIONS", "RerankOptions", "ScorerOptions", "build_scorer"]
 logger = logging.getLogger(__name__)
 
 #: Options that only matter when the adapter loads its own model (not with ``scorer=``).
-LOADING_OPTIONS = ("device", "use_fp16", "batch_size", "max_length", "trust_remote_code")
+LOADING_OPTIONS = (
+    "device",
+    "use_fp16",
+    "batch_size",
+    "max_length",
+    "backend",
+    "trust_remote_code",
+)
 
 # Two threads asking one adapter for its scorer at once must not load it twice.
 _build_lock = threading.Lock()
@@ -66,6 +74,7 @@ def build_scorer(options: ScorerOptions) -> CrossEncoderScorer:
         batch_size=options.batch_size,
         max_length=options.max_length,
         normalize=options.normalize,
+        backend=options.backend,
         trust_remote_code=options.trust_remote_code,
     )
 
@@ -103,6 +112,12 @@ class ScorerOptions(BaseModel):
     normalize: bool = Field(
         default=True,
         description="True: sigmoid scores in [0, 1]; False: raw logits.",
+    )
+    backend: Literal["torch", "onnx", "torch-int8", "onnx-int8"] = Field(
+        default="torch",
+        description="'torch' (exact), 'onnx' (exact, needs the onnx extra), 'torch-int8' or "
+        "'onnx-int8' (approximate int8 scores, about 2-3x faster on CPU; see the Benchmarks "
+        "page).",
     )
     trust_remote_code: bool = Field(
         default=False, description="Allow custom model code from the Hub."
