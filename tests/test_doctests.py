@@ -12,6 +12,8 @@ MODULES = [
     "bge_rerank_plugins.batching",
     "bge_rerank_plugins.score_cache",
     "bge_rerank_plugins.finetune.data",
+    "bge_rerank_plugins.first_token",
+    "bge_rerank_plugins.backends.torch_int8",
 ]
 
 

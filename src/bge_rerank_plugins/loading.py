@@ -166,6 +166,8 @@ class LoadedModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from .first_token import compute_last_layer_for_first_token
+
         if self.dtype == torch.float32:
             return self.model
         with self.lock:
@@ -174,7 +176,9 @@ class LoadedModel:
                 network = AutoModelForSequenceClassification.from_pretrained(
                     self.source, dtype=torch.float32, **self.load_options
                 )
-                self._float32_copy = network.eval().to(self.device)
+                network.eval().to(self.device)
+                compute_last_layer_for_first_token(network, self.tokenizer)
+                self._float32_copy = network
             return self._float32_copy
 
 
@@ -241,6 +245,8 @@ def load_cross_encoder(
     """
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+    from .first_token import compute_last_layer_for_first_token
+
     if not isinstance(model, (str, os.PathLike)) or not str(model):
         raise TypeError(f"model must be a Hub id or a local directory path, got {model!r}")
     name = str(model)
@@ -272,6 +278,8 @@ def load_cross_encoder(
     _clean_tokenizer(tokenizer)
     network.eval()
     network.to(resolved_device)
+    # Scores need the first token's last hidden state only (an exact saving, checked on load).
+    shortened = compute_last_layer_for_first_token(network, tokenizer)
     loaded = LoadedModel(
         model=network,
         tokenizer=tokenizer,
@@ -285,5 +293,11 @@ def load_cross_encoder(
     if use_cache:
         with _cache_lock:
             loaded = _cache.setdefault(key, loaded)
-    logger.debug("Loaded %s on %s in %s", name, resolved_device, torch_dtype)
+    logger.debug(
+        "Loaded %s on %s in %s (last layer for the first token only: %s)",
+        name,
+        resolved_device,
+        torch_dtype,
+        shortened,
+    )
     return loaded

@@ -178,7 +178,12 @@ class CrossEncoderScorer:
     # ----------------------------------------------------------------- properties
     @property
     def model(self) -> Any:
-        """The underlying ``transformers`` model (shared with other scorers on the same model)."""
+        """The underlying ``transformers`` model (shared with other scorers on the same model).
+
+        For BERT, RoBERTa and XLM-RoBERTa classifiers its last layer computes the first token
+        only (the one the classification head reads), so ``logits`` are exact but the last
+        hidden state has length 1 (:mod:`bge_rerank_plugins.first_token`).
+        """
         return self._loaded.model
 
     @property
