@@ -13,26 +13,21 @@ PAIRS = [
 ]
 
 
-def _load(folder):
+def _load(folder, attention="sdpa"):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(folder, attn_implementation="sdpa")
+    model = AutoModelForSequenceClassification.from_pretrained(
+        folder, attn_implementation=attention
+    )
     return model.eval(), AutoTokenizer.from_pretrained(folder)
 
 
 @pytest.mark.parametrize("attention", ["sdpa", "eager"])
 def test_first_token_last_layer_scores_equal_the_full_layer(tiny_model, attention):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
     from bge_rerank_plugins.first_token import compute_last_layer_for_first_token
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
-    full = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model, attn_implementation=attention
-    ).eval()
-    shortened = AutoModelForSequenceClassification.from_pretrained(
-        tiny_model, attn_implementation=attention
-    ).eval()
+    full, tokenizer = _load(tiny_model, attention)
+    shortened, _ = _load(tiny_model, attention)
     assert compute_last_layer_for_first_token(shortened, tokenizer)
     assert "forward" in vars(shortened.base_model.encoder.layer[-1])
     assert list(shortened.state_dict()) == list(full.state_dict())

@@ -62,8 +62,8 @@ def compute_last_layer_for_first_token(model: Any, tokenizer: Any) -> bool:
         padding=True,
         return_tensors="pt",
     )
-    device = next(model.parameters()).device
-    example = {name: tensor.to(device) for name, tensor in example.items()}
+    parameter = next(model.parameters())
+    example = {name: tensor.to(parameter.device) for name, tensor in example.items()}
     returned: list[Any] = []
     hook = layer.register_forward_hook(lambda _module, _args, output: returned.append(output))
     try:
@@ -82,8 +82,7 @@ def compute_last_layer_for_first_token(model: Any, tokenizer: Any) -> bool:
         logger.debug("First-token last layer disabled for %s: %r", type(model).__name__, error)
         del layer.forward
         return False
-    half = next(model.parameters()).dtype != torch.float32
-    tolerance = 2e-2 if half else 1e-4
+    tolerance = 1e-4 if parameter.dtype == torch.float32 else 2e-2
     if changed.shape != reference.shape or not torch.allclose(
         changed, reference, rtol=tolerance, atol=tolerance
     ):

@@ -113,8 +113,10 @@ class SharedInt8Projection(torch.nn.Module):
     faster than three narrow ones. Each :class:`Int8ProjectionSlice` asks for the product of
     the tensor it was given; the first asks computes it, the others reuse it if they were
     given the very same tensor (and recompute otherwise, so results never depend on the
-    order of calls). Per thread, and dropped once every slice has read it, so no activation
-    outlives the forward pass.
+    order of calls). Per thread, and dropped once every slice has read it. A caller that
+    gives the slices different tensors (the first-token last layer of
+    :mod:`bge_rerank_plugins.first_token`: keys and values of every token, the query of the
+    first) leaves its last product, the first tokens' (batch x 1 row), until the thread's next call.
     """
 
     def __init__(self, linears: Sequence[torch.nn.Linear]) -> None:
