@@ -69,7 +69,9 @@ def _fingerprint(source: str) -> dict[str, Any]:
         "files": files,
         "torch": torch.__version__,
         "int8": _INT8_OPTIONS,
-        "format": 1,
+        # 2: exported with the last layer computing the first token only (first_token.py);
+        # an older export is still correct but slower, so it is exported again.
+        "format": 2,
     }
 
 
