@@ -2,11 +2,16 @@
 
     python benchmarks/bench_scorer.py                      # MiniLM cross-encoder, 400 pairs
     python benchmarks/bench_scorer.py --model xlmr-base    # bge-reranker-base shape
+    python benchmarks/bench_scorer.py --model xlmr-large --device cuda --queries 40 --pairs 4000 \
+        --backends torch,torch-fp16,torch-bf16 --peers st,flag   # v2-m3 shape on a GPU
     python benchmarks/bench_scorer.py --model DIR --pairs 100 --repeats 3
     python benchmarks/bench_scorer.py --quick              # CI: scores agree? (under a minute)
 
 Peers: sentence-transformers ``CrossEncoder.predict``, FlagEmbedding ``FlagReranker
 .compute_score`` and a naive Hugging Face loop (input order, every pair padded to max_length).
+On a CUDA ``--device`` the peers run in float16 (``FlagReranker(use_fp16=True)``,
+``CrossEncoder(model_kwargs={"torch_dtype": torch.float16})``) unless ``--peer-dtype float32``,
+the GEMM peak is a float16 one, and peak GPU memory is reported next to peak RSS.
 Every library scores the same pairs with the same max_length, batch size and thread count, each
 in its own subprocess (so peak RSS is its own), timed after a warm-up; the figure is the median
 of ``--repeats`` runs. "% of peak" counts useful FLOPs only (2 x encoder weights x real tokens,
@@ -36,7 +41,7 @@ sys.path.insert(0, str(HERE))
 
 from workload import (  # noqa: E402
     backend_options,
-    build_xlmr_base,
+    build_xlmr,
     length_stats,
     load_corpus,
     scifact_pairs,
@@ -55,14 +60,27 @@ LABELS = {
 
 # ----------------------------------------------------------------------------- workers
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS in MB.
+
+    Linux's ``ru_maxrss`` carries the parent's RSS at fork time over the exec, so a worker
+    spawned by a large parent (one that just built a big model) would report at least the
+    parent's size; ``VmHWM`` is the high-water mark of this process's own memory.
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _approximate(label: str) -> bool:
-    """Backends whose scores are not expected within 1e-4 of fp32 (quantised or bf16)."""
-    return "int8" in label or "bf16" in label
+    """Backends whose scores are not expected within 1e-4 of fp32 (quantised, bf16 or fp16)."""
+    return "int8" in label or "bf16" in label or "fp16" in label
 
 
 def _make_scorer_fn(spec: dict):
@@ -71,13 +89,15 @@ def _make_scorer_fn(spec: dict):
 
     lib, model_dir = spec["lib"], spec["model_dir"]
     ml, bs = spec["max_length"], spec["batch_size"]
+    device = spec.get("device", "cpu")
+    peer_fp16 = spec.get("peer_dtype") == "float16"
     start = time.perf_counter()
     if lib == "ours":
         from bge_rerank_plugins import CrossEncoderScorer
 
         scorer = CrossEncoderScorer(
             model_dir,
-            device="cpu",
+            device=device,
             max_length=ml,
             batch_size=bs,
             token_budget=spec.get("token_budget"),
@@ -95,7 +115,12 @@ def _make_scorer_fn(spec: dict):
     elif lib == "st":
         from sentence_transformers import CrossEncoder
 
-        model = CrossEncoder(model_dir, max_length=ml, device="cpu")
+        model = CrossEncoder(
+            model_dir,
+            max_length=ml,
+            device=device,
+            model_kwargs={"torch_dtype": torch.float16} if peer_fp16 else None,
+        )
         identity = torch.nn.Identity()
 
         def fn(pairs):
@@ -106,7 +131,11 @@ def _make_scorer_fn(spec: dict):
     elif lib == "flag":
         from FlagEmbedding import FlagReranker
 
-        model = FlagReranker(model_dir, use_fp16=False, devices="cpu", batch_size=bs, max_length=ml)
+        # FlagEmbedding wants an indexed CUDA device ("cuda:0"), not "cuda"
+        flag_device = "cuda:0" if device == "cuda" else device
+        model = FlagReranker(
+            model_dir, use_fp16=peer_fp16, devices=flag_device, batch_size=bs, max_length=ml
+        )
 
         def fn(pairs):
             out = model.compute_score(pairs, batch_size=bs, max_length=ml, normalize=False)
@@ -115,7 +144,10 @@ def _make_scorer_fn(spec: dict):
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForSequenceClassification.from_pretrained(model_dir).eval()
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_dir, torch_dtype=torch.float16 if peer_fp16 else torch.float32
+        )
+        model = model.to(device).eval()
 
         def fn(pairs):
             scores = []
@@ -129,7 +161,7 @@ def _make_scorer_fn(spec: dict):
                         truncation="only_second",
                         max_length=ml,
                         return_tensors="pt",
-                    )
+                    ).to(device)
                     scores += model(**enc).logits[:, 0].float().tolist()
             return scores
     else:
@@ -174,7 +206,7 @@ def run_worker(spec: dict) -> dict:
         base = fn.scorer  # type: ignore[attr-defined]
         cached = CrossEncoderScorer(
             spec["model_dir"],
-            device="cpu",
+            device=spec.get("device", "cpu"),
             max_length=spec["max_length"],
             batch_size=spec["batch_size"],
             normalize=False,
@@ -191,6 +223,8 @@ def run_worker(spec: dict) -> dict:
     if spec.get("scaling"):
         result["scaling"] = run_scaling(fn.scorer, spec)  # type: ignore[attr-defined]
     result["peak_rss_mb"] = _peak_rss_mb()
+    if str(spec.get("device", "cpu")).startswith("cuda"):
+        result["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
 
@@ -254,16 +288,24 @@ def _spawn(spec: dict, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- main side
-def gemm_peak_gflops(threads: int, size: int = 2048, repeats: int = 5) -> float:
+def gemm_peak_gflops(threads: int, device: str = "cpu", repeats: int = 5) -> float:
+    """The best rate of a square matmul: float32 2048^3 on the CPU, float16 8192^3 on CUDA."""
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    cuda = device.startswith("cuda")
+    size, dtype = (8192, torch.float16) if cuda else (2048, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
     a @ b
     best = float("inf")
     for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
         t0 = time.perf_counter()
         a @ b
+        if cuda:
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / best / 1e9
 
@@ -286,12 +328,22 @@ def resolve_model(name: str, data: Path | None) -> Path:
         from bge_rerank_plugins.minilm import build_minilm_cross_encoder
 
         return Path(build_minilm_cross_encoder(cache / "minilm-ce"))
-    if name == "xlmr-base":
-        return build_xlmr_base(cache / "xlmr-base", data)
+    if name in ("xlmr-base", "xlmr-large"):
+        return build_xlmr(cache / name, data, size=name.partition("-")[2])
     path = Path(name)
     if not (path / "config.json").exists():
-        raise SystemExit(f"--model must be minilm, xlmr-base or a model directory, got {name!r}")
+        raise SystemExit(
+            f"--model must be minilm, xlmr-base, xlmr-large or a model directory, got {name!r}"
+        )
     return path
+
+
+def _device_name(device: str) -> str:
+    import torch
+
+    if device.startswith("cuda"):
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return device
 
 
 def _max_abs(a: list[float], b: list[float]) -> float:
@@ -307,9 +359,34 @@ def _per_query_spearman(a: list[float], b: list[float], per_query: int) -> float
     return min(values)
 
 
+def _same_order(a: list[float], b: list[float], per_query: int) -> tuple[int, int]:
+    """(queries whose passages a and b sort into the same order, queries)."""
+
+    def order(scores: list[float]) -> list[int]:
+        return sorted(range(len(scores)), key=lambda i: -scores[i])
+
+    same = total = 0
+    for i in range(0, len(a), per_query):
+        total += 1
+        same += order(a[i : i + per_query]) == order(b[i : i + per_query])
+    return same, total
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="minilm", help="minilm, xlmr-base or a model dir")
+    parser.add_argument(
+        "--model",
+        default="minilm",
+        help="minilm, xlmr-base (bge-reranker-base shape), xlmr-large (bge-reranker-v2-m3 "
+        "shape) or a model dir",
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (every library)")
+    parser.add_argument(
+        "--peer-dtype",
+        choices=("float32", "float16"),
+        default=None,
+        help="the peers' dtype (default: float16 on CUDA, float32 on the CPU)",
+    )
     parser.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "scifact")
     parser.add_argument("--pairs", type=int, default=400, help="8 queries x pairs/8 passages")
     parser.add_argument("--queries", type=int, default=8)
@@ -324,8 +401,9 @@ def main(argv: list[str] | None = None) -> int:
         "--backends",
         default="torch,onnx,onnx-int8,torch-int8",
         help=(
-            "our backends to time (torch, onnx, onnx-int8, torch-int8, and torch-bf16: torch "
-            "with bfloat16 weights); NAME@N runs NAME with batch size N (e.g. onnx@8)"
+            "our backends to time (torch, onnx, onnx-int8, torch-int8, and torch-bf16 / "
+            "torch-fp16: torch with bfloat16 / float16 weights); NAME@N runs NAME with batch "
+            "size N (e.g. onnx@8)"
         ),
     )
     parser.add_argument("--latency-calls", type=int, default=50, help="0 skips the latency run")
@@ -380,6 +458,7 @@ def run_quick(args) -> int:
             "batch_size": args.batch_size,
             "threads": args.threads,
             "repeats": 1,
+            "device": args.device,
         }
         results[(lib, backend)] = run_worker(spec)
     reference = results[("ours", "torch")]["scores"]
@@ -400,6 +479,10 @@ def run_full(args) -> int:
     import torch
 
     load = os.getloadavg()
+    cuda = args.device.startswith("cuda")
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit(f"--device {args.device}: this torch sees no CUDA GPU; use --device cpu")
+    peer_dtype = args.peer_dtype or ("float16" if cuda else "float32")
     model_dir = resolve_model(args.model, args.data)
     per_query = max(1, args.pairs // args.queries)
     pairs, source = _pairs(args, per_query)
@@ -410,7 +493,7 @@ def run_full(args) -> int:
     tokenizer.backend_tokenizer.no_truncation()
     stats = length_stats(tokenizer, pairs, args.max_length)
     gflop = useful_gflop(config, stats["lengths"], args.max_length)
-    peak = gemm_peak_gflops(args.threads)
+    peak = gemm_peak_gflops(args.threads, args.device)
     print(f"# bench_scorer: model {args.model} ({model_dir.name}), {len(pairs)} pairs, {source}")
     print(
         f"pair tokens: median {stats['median']:.0f}, p95 {stats['p95']}, max {stats['max']}, "
@@ -419,7 +502,8 @@ def run_full(args) -> int:
     )
     print(
         f"threads {args.threads}, batch {args.batch_size}, max_length {args.max_length}, "
-        f"repeats {args.repeats}; torch {torch.__version__}; GEMM peak {peak:.0f} GFLOP/s; "
+        f"repeats {args.repeats}; torch {torch.__version__}; device {_device_name(args.device)}; "
+        f"GEMM peak {peak:.0f} GFLOP/s ({'float16' if cuda else 'float32'}); "
         f"load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} "
         "CPUs"
     )
@@ -431,6 +515,8 @@ def run_full(args) -> int:
         "token_budget": args.token_budget,
         "threads": args.threads,
         "repeats": args.repeats,
+        "device": args.device,
+        "peer_dtype": peer_dtype,
     }
     latency_pairs = pairs[:20]
     runs = []
@@ -443,12 +529,14 @@ def run_full(args) -> int:
             spec["label"] = entry
         if entry == "torch":
             spec["cache_check"] = True
-        if args.latency_calls and backend in ("torch", "onnx", "onnx-int8"):
+        if args.latency_calls and backend in ("torch", "onnx", "onnx-int8", "torch-fp16"):
             spec["latency_calls"] = args.latency_calls
         print(f"  running ours/{backend} ...", file=sys.stderr, flush=True)
         runs.append(_spawn(spec, args.threads))
     for peer in [p for p in args.peers.split(",") if p]:
         spec = {**base, "lib": peer}
+        if peer_dtype == "float16":
+            spec["label"] = "torch-fp16"
         if peer == "st" and args.latency_calls:
             spec["latency_calls"] = args.latency_calls
         print(f"  running {peer} ...", file=sys.stderr, flush=True)
@@ -462,28 +550,31 @@ def run_full(args) -> int:
     peers = {r["lib"]: r for r in ok_runs if r["lib"] != "ours"}
     print()
     head = "| library | backend | pairs/s |" + "".join(f" x {p} |" for p in peers)
-    head += " % GEMM peak | peak RSS MB |" + "".join(f" max abs diff vs {p} |" for p in peers)
-    head += " min per-query Spearman vs ours fp32 |"
+    head += " % GEMM peak | peak RSS MB |" + (" peak GPU MB |" if cuda else "")
+    head += "".join(f" max abs diff vs {p} |" for p in peers)
+    head += " min per-query Spearman vs ours fp32 | queries in ours-fp32 order |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
     worst_fp32 = 0.0
     for r in ok_runs:
         rate = len(pairs) / r["seconds"]
-        cells = [LABELS[r["lib"]], r["backend"] if r["lib"] == "ours" else "torch", f"{rate:.1f}"]
+        cells = [LABELS[r["lib"]], r["backend"], f"{rate:.1f}"]
         cells += [f"{rate / (len(pairs) / p['seconds']):.2f}" for p in peers.values()]
         cells.append(f"{100 * gflop / r['seconds'] / peak:.0f}%")
         cells.append(f"{r['peak_rss_mb']:.0f}")
+        if cuda:
+            cells.append(f"{r.get('peak_gpu_mb', float('nan')):.0f}")
         for p in peers.values():
             diff = _max_abs(r["scores"], p["scores"])
             cells.append(f"{diff:.1e}")
-            if not _approximate(r["backend"]):
+            if not _approximate(r["backend"]) and not _approximate(p["backend"]):
                 worst_fp32 = max(worst_fp32, diff)
-        rho = (
-            _per_query_spearman(ours_fp32["scores"], r["scores"], per_query)
-            if ours_fp32
-            else float("nan")
-        )
-        cells.append(f"{rho:.4f}")
+        if ours_fp32:
+            rho = _per_query_spearman(ours_fp32["scores"], r["scores"], per_query)
+            same, total = _same_order(ours_fp32["scores"], r["scores"], per_query)
+            cells += [f"{rho:.4f}", f"{same}/{total}"]
+        else:
+            cells += ["-", "-"]
         print("| " + " | ".join(cells) + " |")
     print()
     lat = {

@@ -6,11 +6,13 @@
   abstracts, the shape of the baseline workload (median ~167 tokens, ~2% over 512).
   ``passages="full"`` keeps whole title + abstract (median ~440 tokens).
 - :func:`synthetic_pairs`: English pairs made from built-in sentences, for runs without data.
-- :func:`build_xlmr_base`: a random-weight model with the shape of bge-reranker-base
-  (XLM-RoBERTa base: hidden 768, 12 layers, 12 heads, FFN 3072, vocab 250,002, 514 positions).
-  No real XLM-R sentencepiece model is available offline, so its tokenizer is a Unigram model
-  (the same algorithm as sentencepiece) trained with ``tokenizers`` on the SciFact corpus, 32k
-  pieces: English text gets realistic token counts (close to a WordPiece tokenizer's).
+- :func:`build_xlmr`: a random-weight model with the shape of bge-reranker-base (XLM-RoBERTa
+  base: hidden 768, 12 layers, 12 heads, FFN 3072, vocab 250,002, 514 positions), or with
+  ``size="large"`` bge-reranker-v2-m3's (XLM-RoBERTa large: hidden 1024, 24 layers, 16 heads,
+  FFN 4096, 8,194 positions), the GPU benchmark's model. No real XLM-R sentencepiece model is
+  available offline, so its tokenizer is a Unigram model (the same algorithm as sentencepiece)
+  trained with ``tokenizers`` on the SciFact corpus, 32k pieces: English text gets realistic
+  token counts (close to a WordPiece tokenizer's).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 __all__ = [
     "backend_options",
-    "build_xlmr_base",
+    "XLMR_SHAPES",
+    "build_xlmr",
     "length_stats",
     "load_corpus",
     "scifact_pairs",
@@ -56,10 +59,13 @@ SYNTHETIC_SENTENCES = (
 
 def backend_options(name: str) -> dict[str, str]:
     """Scorer options for a benchmark backend name: the scorer's backends, plus ``torch-bf16``
-    (the torch backend with bfloat16 weights, an approximate path on CPUs with bf16 hardware).
+    and ``torch-fp16`` (the torch backend with bfloat16 / float16 weights: approximate paths for
+    CPUs with bf16 hardware and for GPUs).
     """
     if name == "torch-bf16":
         return {"backend": "torch", "dtype": "bfloat16"}
+    if name == "torch-fp16":
+        return {"backend": "torch", "dtype": "float16"}
     return {"backend": name, "dtype": "float32"}
 
 
@@ -171,8 +177,15 @@ def length_stats(tokenizer: object, pairs: list[tuple[str, str]], max_length: in
     }
 
 
-def build_xlmr_base(out_dir: Path, data: Path | None, vocab_size: int = 32000) -> Path:
-    """Build (once) a random XLM-R-base-shaped cross-encoder with a trained Unigram tokenizer."""
+# (hidden, layers, heads, FFN, positions): bge-reranker-base and bge-reranker-v2-m3
+XLMR_SHAPES = {"base": (768, 12, 12, 3072, 514), "large": (1024, 24, 16, 4096, 8194)}
+
+
+def build_xlmr(
+    out_dir: Path, data: Path | None, *, size: str = "base", vocab_size: int = 32000
+) -> Path:
+    """Build (once) a random XLM-R-shaped cross-encoder (``size``: a key of :data:`XLMR_SHAPES`)
+    with a trained Unigram tokenizer."""
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists() and (out_dir / "tokenizer.json").exists():
         return out_dir
@@ -187,13 +200,14 @@ def build_xlmr_base(out_dir: Path, data: Path | None, vocab_size: int = 32000) -
         lines = list(SYNTHETIC_SENTENCES) * 20
         vocab_size = min(vocab_size, 800)
     fast = train_xlmr_tokenizer(lines, vocab_size)
+    hidden, layers, heads, ffn, positions = XLMR_SHAPES[size]
     config = XLMRobertaConfig(
         vocab_size=250002,
-        hidden_size=768,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        intermediate_size=3072,
-        max_position_embeddings=514,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=positions,
         type_vocab_size=1,
         pad_token_id=1,
         bos_token_id=0,

@@ -63,3 +63,25 @@ def test_bench_quick_fails_on_disagreement(bench, tiny_bert, tmp_path, capsys):
     )
     assert code == 1
     assert "> atol" in capsys.readouterr().out
+
+
+def test_same_order_counts_queries_ranked_alike(bench):
+    # query 1: the same order at another scale; query 2: the last two passages swapped
+    reference = [3.0, 2.0, 1.0, 0.9, 0.5, 0.4]
+    other = [30.0, 20.0, 10.0, 0.9, 0.4, 0.5]
+    assert bench._same_order(reference, other, 3) == (1, 2)
+
+
+def test_half_precision_and_int8_labels_are_approximate(bench):
+    for label in ("torch-fp16", "torch-bf16", "torch-int8@8", "onnx-int8"):
+        assert bench._approximate(label), label
+    for label in ("torch", "torch@8", "onnx"):
+        assert not bench._approximate(label), label
+
+
+def test_cuda_device_without_a_gpu_is_a_clear_error(bench, tiny_bert, tmp_path):
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(SystemExit, match="--device cuda: this torch sees no CUDA GPU"):
+        bench.main(["--model", str(tiny_bert), "--device", "cuda", "--data", str(tmp_path)])
