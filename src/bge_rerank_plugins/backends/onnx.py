@@ -240,6 +240,10 @@ class OnnxRunner:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.inter_op_num_threads = 1
+        # Memory patterns are planned per input shape, and every batch here has its own length:
+        # off, the int8 session peaked about 300 MB lower on the benchmark's 400 pairs, at the
+        # same speed (docs/benchmarks.md).
+        options.enable_mem_pattern = False
         providers = ["CPUExecutionProvider"]
         if str(loaded.device).startswith("cuda"):
             if "CUDAExecutionProvider" in ort.get_available_providers() and not quantize:
