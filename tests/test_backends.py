@@ -78,6 +78,36 @@ def test_int8_keeps_the_ranking(tiny_model, backend):
     # Quantized scores are close but not equal; the order they give is (nearly) the same.
     assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
     assert _spearman(expected, got) >= 0.9
+    if backend == "onnx-int8":
+        # Both graphs keep their weights in a .data file beside them; no work folder is left.
+        files = sorted(p.name for p in (tiny_model / "onnx").iterdir())
+        assert files == [
+            "fingerprint.json",
+            "model.int8.onnx",
+            "model.int8.onnx.data",
+            "model.onnx",
+            "model.onnx.data",
+        ]
+
+
+def test_onnx_export_from_an_older_format_is_replaced(tiny_bert):
+    """A cache whose fingerprint names another format is exported again, data files included."""
+    pytest.importorskip("onnxruntime")
+    from bge_rerank_plugins.loading import clear_model_cache
+
+    CrossEncoderScorer(tiny_bert, backend="onnx-int8").score(QUERY, PASSAGES[:2])
+    folder = tiny_bert / "onnx"
+    stamp = json.loads((folder / "fingerprint.json").read_text())
+    (folder / "fingerprint.json").write_text(json.dumps({**stamp, "format": 1}))
+    (folder / "model.int8.onnx.data").write_bytes(b"stale")
+    clear_model_cache()
+    got = CrossEncoderScorer(tiny_bert, backend="onnx-int8", normalize=False).score(
+        QUERY, PASSAGES[:2]
+    )
+    expected = CrossEncoderScorer(tiny_bert, normalize=False).score(QUERY, PASSAGES[:2])
+    assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
+    assert json.loads((folder / "fingerprint.json").read_text()) == stamp
+    assert (folder / "model.int8.onnx.data").stat().st_size > len(b"stale")
 
 
 def test_cache_keys_include_the_backend(tiny_bert):

@@ -5,7 +5,8 @@ dynamically quantized int8 copy (``onnxruntime.quantization.quantize_dynamic``) 
 ``onnx/`` folder inside the model directory, or under ``~/.cache/bge_rerank_plugins/onnx/<hash>``
 when the model directory is not writable (a Hub cache, a read-only mount). A ``fingerprint.json``
 next to them records the weight files' sizes and modification times: when the weights change,
-the files are exported again.
+the files are exported again. Each graph keeps its weights in a ``.data`` file beside it (ONNX
+external data), which ONNX Runtime reads without a second in-memory copy of the whole model.
 
 >>> from bge_rerank_plugins import CrossEncoderScorer
 >>> scorer = CrossEncoderScorer("BAAI/bge-reranker-v2-m3", backend="onnx-int8")  # doctest: +SKIP
@@ -71,7 +72,8 @@ def _fingerprint(source: str) -> dict[str, Any]:
         "int8": _INT8_OPTIONS,
         # 2: exported with the last layer computing the first token only (first_token.py);
         # an older export is still correct but slower, so it is exported again.
-        "format": 2,
+        # 3: weights in external .data files (a lower peak while a session loads).
+        "format": 3,
     }
 
 
@@ -138,46 +140,61 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike[str]) -> Path:
             return self.inner(**dict(zip(names, inputs)), return_dict=True).logits
 
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    big = sum(p.numel() * p.element_size() for p in model.parameters()) > 1_800_000_000
     # The wrapper must be in eval mode too: the exporter restores the wrapper's mode afterwards,
     # and a wrapper left in training mode would switch dropout on in the shared model.
     wrapper = _Logits(model).eval()
-    try:
-        with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
-            # Tracer notes about shape checks turned constant; the dynamic axes cover them.
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                wrapper,
-                args,
-                str(tmp),
-                input_names=names,
-                output_names=["logits"],
-                dynamic_axes={
-                    **{n: {0: "batch", 1: "sequence"} for n in names},
-                    "logits": {0: "batch"},
-                },
-                opset_version=17,
-                dynamo=False,
-                do_constant_folding=True,
-            )
-    finally:
-        model.eval()
-    if big:
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as work:
+        traced = Path(work) / "traced.onnx"
+        try:
+            with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+                # Tracer notes about shape checks turned constant; the dynamic axes cover them.
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    wrapper,
+                    args,
+                    str(traced),
+                    input_names=names,
+                    output_names=["logits"],
+                    dynamic_axes={
+                        **{n: {0: "batch", 1: "sequence"} for n in names},
+                        "logits": {0: "batch"},
+                    },
+                    opset_version=17,
+                    dynamo=False,
+                    do_constant_folding=True,
+                )
+        finally:
+            model.eval()
         import onnx
 
-        graph = onnx.load(str(tmp))
+        staged = Path(work) / path.name
         onnx.save_model(
-            graph,
-            str(path),
+            onnx.load(str(traced)),
+            str(staged),
             save_as_external_data=True,
             all_tensors_to_one_file=True,
-            location=path.name + ".data",
+            location=_data_name(path),
         )
-        tmp.unlink()
-    else:
-        tmp.replace(path)
+        _move_into_place(staged, path)
     return path
+
+
+def _data_name(graph: Path) -> str:
+    return graph.name + ".data"
+
+
+def _move_into_place(staged: Path, graph: Path) -> None:
+    """Move a graph and its ``.data`` file from a work folder next to ``graph``: the data first,
+    the graph last, so a graph file is only ever there with complete weights beside it."""
+    data = staged.with_name(_data_name(staged))
+    if data.exists():
+        data.replace(graph.with_name(_data_name(graph)))
+    staged.replace(graph)
+
+
+def _remove(graph: Path) -> None:
+    graph.unlink(missing_ok=True)
+    graph.with_name(_data_name(graph)).unlink(missing_ok=True)
 
 
 def quantize_onnx_int8(
@@ -192,15 +209,17 @@ def quantize_onnx_int8(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     int8_path = Path(int8_path)
-    tmp = int8_path.with_name("tmp." + int8_path.name)
-    quantize_dynamic(
-        str(fp32_path),
-        str(tmp),
-        weight_type=QuantType.QInt8,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        **_INT8_OPTIONS,
-    )
-    tmp.replace(int8_path)
+    with tempfile.TemporaryDirectory(dir=int8_path.parent, prefix=".quantize-") as work:
+        staged = Path(work) / int8_path.name
+        quantize_dynamic(
+            str(fp32_path),
+            str(staged),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            use_external_data_format=True,
+            **_INT8_OPTIONS,
+        )
+        _move_into_place(staged, int8_path)
     return int8_path
 
 
@@ -217,7 +236,7 @@ def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
     if not current or not fp32.exists():
         logger.info("Exporting %s to ONNX in %s (once; reused afterwards).", loaded.name, folder)
         for old in (fp32, int8):
-            old.unlink(missing_ok=True)
+            _remove(old)
         export_onnx(loaded, fp32)
         stamp_file.write_text(json.dumps(stamp), encoding="utf-8")
     if not quantize:
