@@ -88,6 +88,9 @@ def test_int8_keeps_the_ranking(tiny_model, backend):
             "model.onnx",
             "model.onnx.data",
         ]
+        for graph in ("model.onnx", "model.int8.onnx"):
+            mode = (tiny_model / "onnx" / graph).stat().st_mode & 0o777
+            assert (tiny_model / "onnx" / f"{graph}.data").stat().st_mode & 0o777 == mode
 
 
 def test_onnx_export_from_an_older_format_is_replaced(tiny_bert):

@@ -188,6 +188,9 @@ def _move_into_place(staged: Path, graph: Path) -> None:
     the graph last, so a graph file is only ever there with complete weights beside it."""
     data = staged.with_name(_data_name(staged))
     if data.exists():
+        # onnx writes the data file owner-only; give it the graph's permissions, so whoever can
+        # read the cached graph can read its weights too.
+        data.chmod(staged.stat().st_mode & 0o777)
         data.replace(graph.with_name(_data_name(graph)))
     staged.replace(graph)
 
