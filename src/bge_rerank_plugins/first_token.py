@@ -22,6 +22,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from .loading import padded_example_batch
+
 __all__ = ["compute_last_layer_for_first_token"]
 
 logger = logging.getLogger(__name__)
@@ -56,14 +58,11 @@ def compute_last_layer_for_first_token(model: Any, tokenizer: Any) -> bool:
     layer = _last_layer(model)
     if layer is None:
         return False
-    example = tokenizer(
-        ["what is a panda?", "capital of china"],
-        ["The giant panda is a bear native to China that eats bamboo.", "Beijing."],
-        padding=True,
-        return_tensors="pt",
-    )
     parameter = next(model.parameters())
-    example = {name: tensor.to(parameter.device) for name, tensor in example.items()}
+    example = {
+        name: tensor.to(parameter.device)
+        for name, tensor in padded_example_batch(tokenizer).items()
+    }
     returned: list[Any] = []
     hook = layer.register_forward_hook(lambda _module, _args, output: returned.append(output))
     try:

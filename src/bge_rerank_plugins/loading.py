@@ -29,6 +29,7 @@ __all__ = [
     "cpu_bf16_autocast",
     "load_cross_encoder",
     "model_length_limit",
+    "padded_example_batch",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -143,6 +144,22 @@ def model_length_limit(model: Any, tokenizer: Any) -> int:
     if isinstance(tokenizer_limit, int) and 0 < tokenizer_limit < 1_000_000:
         limit = min(limit, tokenizer_limit)
     return int(limit)
+
+
+def padded_example_batch(tokenizer: Any) -> dict[str, torch.Tensor]:
+    """Two (query, passage) pairs of different lengths, tokenized and padded (PyTorch tensors).
+
+    The padding matters to its users (tracing an ONNX export, checking a modified layer): a
+    batch without padding could hide a mistake in how the attention mask is handled.
+    """
+    return dict(
+        tokenizer(
+            ["what is a panda?", "capital of china"],
+            ["The giant panda is a bear native to China that eats bamboo.", "Beijing."],
+            padding=True,
+            return_tensors="pt",
+        )
+    )
 
 
 @dataclass

@@ -24,6 +24,8 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..loading import padded_example_batch
+
 if TYPE_CHECKING:
     import torch
 
@@ -120,15 +122,7 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike[str]) -> Path:
 
     model = loaded.float32_model().to("cpu").eval()
     names = _input_names(loaded.tokenizer)
-    example = loaded.tokenizer(
-        ["what is a panda?", "capital of china"],
-        [
-            "The giant panda is a bear native to China that eats bamboo.",
-            "Beijing.",
-        ],
-        padding=True,
-        return_tensors="pt",
-    )
+    example = padded_example_batch(loaded.tokenizer)
     args = tuple(example[name] for name in names)
 
     class _Logits(torch.nn.Module):
