@@ -220,6 +220,27 @@ def test_query_max_length_caps_a_very_long_query(tiny_xlmr: Path, caplog) -> Non
     assert any("query_max_length=10" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.parametrize("kind", ["tiny_bert", "tiny_xlmr"])
+def test_lengths_ignore_padding_left_on_the_shared_tokenizer(kind: str, request, caplog) -> None:
+    # transformers leaves the backend padding on after tokenizer(..., padding=True); the load-time
+    # first-token check makes such a call. Token counts once came back padded to the longest
+    # text, so every pair looked truncated and a short query next to a long one was "cut" to "".
+    scorer = CrossEncoderScorer(request.getfixturevalue(kind), max_length=64, query_max_length=6)
+    captured = _capture_inputs(scorer)
+    short_query, long_query = "panda", "what do giant pandas eat in the wild every day"
+    pairs = [(short_query, PASSAGES[0]), (long_query, PASSAGES[0]), (short_query, "bamboo")]
+    scorer.tokenizer([short_query, long_query], padding=True)
+    with caplog.at_level(logging.WARNING, logger="bge_rerank_plugins"):
+        after_padding = scorer.score_pairs(pairs)
+    warnings = [r.getMessage() for r in caplog.records if "Truncated" in r.getMessage()]
+    assert after_padding == scorer.score_pairs(pairs)
+    short_ids = scorer.tokenizer(short_query, add_special_tokens=False)["input_ids"]
+    first_call = captured[: len(pairs)]
+    assert sum(ids[1 : 1 + len(short_ids)] == short_ids for ids in first_call) == 2
+    assert len(warnings) == 1
+    assert "Truncated 0 of 3 pairs" in warnings[0] and "1 pairs had a query longer" in warnings[0]
+
+
 # ------------------------------------------------------------------ 5. fields
 def test_templates_render_records_and_skip_missing_fields() -> None:
     template = PassageTemplate("{title}\n{abstract}\n{text}")

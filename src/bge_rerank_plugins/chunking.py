@@ -21,6 +21,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from .loading import plain_encodings
+
 if TYPE_CHECKING:
     from .scorer import CrossEncoderScorer
 
@@ -76,8 +78,7 @@ def split_into_windows(
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is None:
         raise TypeError("split_into_windows needs a fast tokenizer (with backend_tokenizer)")
-    backend.no_truncation()
-    offsets = [span for span in backend.encode(text, add_special_tokens=False).offsets]
+    offsets = plain_encodings(tokenizer, [text])[0].offsets
     if len(offsets) <= window_tokens:
         return [text]
     pieces = []
@@ -125,9 +126,8 @@ def score_chunked(
     if window_tokens is None:
         limit = scorer.max_length if isinstance(scorer.max_length, int) else 512
         limit = min(limit, scorer.model_max_length)
-        backend = tokenizer.backend_tokenizer
-        backend.no_truncation()
-        query_tokens = len(backend.encode(query, add_special_tokens=False).ids)
+        with scorer._loaded.lock:
+            query_tokens = len(plain_encodings(tokenizer, [query])[0].ids)
         query_tokens = min(query_tokens, scorer.query_max_length or limit // 2)
         specials = tokenizer.num_special_tokens_to_add(pair=True)
         window_tokens = limit - specials - query_tokens - _MARGIN

@@ -238,6 +238,31 @@ def _clean_tokenizer(tokenizer: Any) -> None:
         backend.no_padding()
 
 
+def plain_encodings(tokenizer: Any, texts: list[str]) -> list[Any]:
+    """Each text's ``tokenizers`` encoding: no special tokens, not truncated, not padded.
+
+    The fast tokenizer's backend keeps truncation and padding as state, and ``transformers``
+    leaves it as the last call set it: after ``tokenizer(..., padding=True)`` (the load-time
+    check, an ONNX export, a user's own call) ``encode_batch`` pads every text to the longest.
+    Both are reset here, so counts and offsets are the texts' own. The caller serialises calls
+    on a shared tokenizer (:attr:`LoadedModel.lock`).
+
+    >>> import tempfile
+    >>> from transformers import AutoTokenizer
+    >>> from bge_rerank_plugins.testing import build_tiny_model
+    >>> tokenizer = AutoTokenizer.from_pretrained(build_tiny_model("bert", tempfile.mkdtemp()))
+    >>> texts = ["panda", "the giant panda eats bamboo"]
+    >>> _ = tokenizer(texts, padding=True)
+    >>> [len(e.ids) for e in plain_encodings(tokenizer, texts)] == [
+    ...     len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    True
+    """
+    backend = tokenizer.backend_tokenizer
+    backend.no_truncation()
+    backend.no_padding()
+    return backend.encode_batch(texts, add_special_tokens=False)
+
+
 def load_cross_encoder(
     model: str | os.PathLike[str],
     *,

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from .batching import plan_batches
 from .fields import PassageTemplate, passage_to_text
-from .loading import LoadedModel, load_cross_encoder
+from .loading import LoadedModel, load_cross_encoder, plain_encodings
 from .score_cache import ScoreCache, pair_key
 
 if TYPE_CHECKING:
@@ -489,10 +489,8 @@ def _token_counts(
     tokenizer: Any, texts: list[str], offsets: bool = False
 ) -> tuple[list[int], list[Any]]:
     """Token counts (no special tokens) and, if asked, character offsets of each text."""
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is not None:
-        backend.no_truncation()
-        encodings = backend.encode_batch(texts, add_special_tokens=False)
+    if getattr(tokenizer, "backend_tokenizer", None) is not None:
+        encodings = plain_encodings(tokenizer, texts)
         return [len(e.ids) for e in encodings], [e.offsets for e in encodings] if offsets else []
     encoded = tokenizer(
         texts, add_special_tokens=False, return_offsets_mapping=offsets, verbose=False
