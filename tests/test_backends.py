@@ -61,6 +61,46 @@ def test_onnx_reuses_the_cached_export(tiny_bert):
     assert path.stat().st_mtime_ns == mtime
 
 
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8", "torch-int8"])
+def test_backends_with_their_own_copy_leave_the_torch_weights_unloaded(tiny_bert, backend):
+    # Peak memory: the torch weights next to an ONNX session or an int8 copy were dead weight
+    # (330 MB on XLM-R base with onnx). They load only when someone asks for them.
+    if backend.startswith("onnx"):
+        pytest.importorskip("onnxruntime")
+    from bge_rerank_plugins.loading import clear_model_cache
+
+    CrossEncoderScorer(tiny_bert, backend=backend)  # a first run exports / quantizes
+    clear_model_cache()
+    own_copy = CrossEncoderScorer(tiny_bert, normalize=False, backend=backend)
+    got = own_copy.score(QUERY, PASSAGES)
+    assert not own_copy._loaded.weights_loaded
+    # A torch scorer on the same model gets the weights, from the same cache entry.
+    reference = CrossEncoderScorer(tiny_bert, normalize=False)
+    assert reference._loaded is own_copy._loaded and reference._loaded.weights_loaded
+    expected = reference.score(QUERY, PASSAGES)
+    tolerance = 1e-4 if backend == "onnx" else 0.1
+    assert max(abs(x - y) for x, y in zip(expected, got)) < tolerance
+    assert own_copy.score(QUERY, PASSAGES) == got
+
+
+def test_the_model_property_loads_weights_on_demand(tiny_bert):
+    pytest.importorskip("onnxruntime")
+    scorer = CrossEncoderScorer(tiny_bert, backend="onnx")
+    assert not scorer._loaded.weights_loaded
+    assert scorer.model.config.num_labels == 1
+    assert scorer._loaded.weights_loaded
+
+
+def test_a_torch_scorers_model_is_shared_with_the_export_and_not_moved(tiny_bert):
+    pytest.importorskip("onnxruntime")
+    torch_scorer = CrossEncoderScorer(tiny_bert, normalize=False)
+    network = torch_scorer.model
+    assert torch_scorer._loaded.cpu_float32_network() is network
+    before = torch_scorer.score(QUERY, PASSAGES)
+    CrossEncoderScorer(tiny_bert, backend="onnx")
+    assert torch_scorer.model is network and torch_scorer.score(QUERY, PASSAGES) == before
+
+
 @pytest.mark.parametrize("backend", ["onnx-int8", "torch-int8"])
 def test_int8_keeps_the_ranking(tiny_model, backend):
     if backend == "onnx-int8":

@@ -151,6 +151,8 @@ class CrossEncoderScorer:
             use_fp16=use_fp16,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            # The other backends run a copy of their own: the torch weights stay on disk.
+            load_weights=backend == "torch",
         )
         self.model_name = str(model)
         self.max_length = max_length
@@ -163,7 +165,7 @@ class CrossEncoderScorer:
         self.template = _as_template(template)
         self.show_progress_bar = show_progress_bar
         self.cache = ScoreCache(cache_size) if cache_size else None
-        num_labels = getattr(self._loaded.model.config, "num_labels", 1)
+        num_labels = getattr(self._loaded.config, "num_labels", 1)
         if num_labels not in (1, 2):
             raise ValueError(
                 f"model={self.model_name!r} has {num_labels} output labels; a reranker needs 1 "
@@ -182,7 +184,8 @@ class CrossEncoderScorer:
 
         For BERT, RoBERTa and XLM-RoBERTa classifiers its last layer computes the first token
         only (the one the classification head reads), so ``logits`` are exact but the last
-        hidden state has length 1 (:mod:`bge_rerank_plugins.first_token`).
+        hidden state has length 1 (:mod:`bge_rerank_plugins.first_token`). With a backend
+        other than ``"torch"`` the scorer does not use it, and reading it loads the weights.
         """
         return self._loaded.model
 
@@ -456,7 +459,9 @@ class CrossEncoderScorer:
         tensors = _pad(batch, input_ids, token_types, self.tokenizer.pad_token_id, self.device)
         try:
             with self._loaded.lock:
-                logits = self._forward(self._loaded.model, tensors)
+                logits = self._forward(
+                    self._loaded.model if self.backend == "torch" else None, tensors
+                )
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
@@ -473,7 +478,11 @@ class CrossEncoderScorer:
                 batch[half:], input_ids, token_types
             )
         scores = _logits_to_scores(logits)
-        if not torch.isfinite(scores).all() and self.dtype != torch.float32:
+        if (
+            self.backend == "torch"
+            and self.dtype != torch.float32
+            and not torch.isfinite(scores).all()
+        ):
             logger.warning(
                 "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
                 self.dtype,

@@ -40,7 +40,8 @@ logger = logging.getLogger(__name__)
 #: Accepted values of the scorer's ``backend`` option.
 BACKENDS = ("torch", "onnx", "onnx-int8", "torch-int8")
 
-#: What a backend gives the scorer: ``forward(model, tensors) -> logits`` for one padded batch.
+#: What a backend gives the scorer: ``forward(model, tensors) -> logits`` for one padded batch;
+#: ``model`` is the torch model for ``"torch"`` and ``None`` for the backends, which run their own.
 Forward = Callable[[Any, "dict[str, torch.Tensor]"], "torch.Tensor"]
 
 

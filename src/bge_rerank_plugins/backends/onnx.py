@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..loading import padded_example_batch
+from ..loading import padded_example_batch, release_freed_memory
 
 if TYPE_CHECKING:
     import torch
@@ -120,7 +120,7 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike[str]) -> Path:
     """
     import torch
 
-    model = loaded.float32_model().to("cpu").eval()
+    model = loaded.cpu_float32_network()
     names = _input_names(loaded.tokenizer)
     example = padded_example_batch(loaded.tokenizer)
     args = tuple(example[name] for name in names)
@@ -235,6 +235,7 @@ def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
         for old in (fp32, int8):
             _remove(old)
         export_onnx(loaded, fp32)
+        release_freed_memory()  # the float32 network loaded for the export
         stamp_file.write_text(json.dumps(stamp), encoding="utf-8")
     if not quantize:
         return fp32

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..loading import cpu_has_int8_dot
+from ..loading import cpu_has_int8_dot, release_freed_memory
 
 if TYPE_CHECKING:
     from ..loading import LoadedModel
@@ -262,7 +262,10 @@ class TorchInt8Runner:
                 loaded.name,
                 loaded.device,
             )
-        self.model = quantize_linear_int8(loaded.float32_model())
+        # The int8 copy shares the float32 network's embeddings and head; its other float32
+        # weights are freed with it unless the scorer's own torch model is that network.
+        self.model = quantize_linear_int8(loaded.cpu_float32_network())
+        release_freed_memory()
 
     @classmethod
     def for_model(cls, loaded: LoadedModel) -> TorchInt8Runner:
