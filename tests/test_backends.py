@@ -352,3 +352,29 @@ def test_torch_int8_picks_per_token_only_where_it_is_safe(
     kinds = {type(m).__name__ for m in quantized.modules()}
     assert ("Int8Linear" in kinds) is expect_per_token
     assert type(quantized[0]) is not torch.nn.Linear  # quantized either way
+
+
+@pytest.mark.parametrize("backend", ["onnx", "torch-int8"])
+def test_padded_example_tokenization_holds_the_model_lock(tiny_bert, backend, monkeypatch):
+    # The tokenizer keeps padding as state shared by every scorer on the model; the load-time
+    # check and the ONNX export tokenize with padding=True, which must not interleave with a
+    # scoring thread's tokenization (the padding would leak into that thread's pairs).
+    if backend == "onnx":
+        pytest.importorskip("onnxruntime")
+    import bge_rerank_plugins.backends.onnx as onnx_backend
+    import bge_rerank_plugins.first_token as first_token
+    from bge_rerank_plugins.loading import load_cross_encoder, padded_example_batch
+
+    loaded = load_cross_encoder(tiny_bert, load_weights=False)
+    held: list[bool] = []
+
+    def spy(tokenizer):
+        held.append(loaded.lock._is_owned())
+        return padded_example_batch(tokenizer)
+
+    monkeypatch.setattr(first_token, "padded_example_batch", spy)
+    monkeypatch.setattr(onnx_backend, "padded_example_batch", spy)
+    for stale in (tiny_bert / "onnx").glob("*"):
+        stale.unlink()
+    CrossEncoderScorer(tiny_bert, backend=backend).score(QUERY, PASSAGES[:2])
+    assert held and all(held)

@@ -212,7 +212,10 @@ class LoadedModel:
         )
         network.eval().to(device)
         # Scores need the first token's last hidden state only (an exact saving, checked here).
-        shortened = compute_last_layer_for_first_token(network, self.tokenizer)
+        # The check tokenizes with padding: under the lock, since the tokenizer keeps padding
+        # and truncation as state shared with every scorer on this model.
+        with self.lock:
+            shortened = compute_last_layer_for_first_token(network, self.tokenizer)
         logger.debug(
             "Loaded the weights of %s on %s in %s (last layer for the first token only: %s)",
             self.name,

@@ -122,7 +122,8 @@ def export_onnx(loaded: LoadedModel, path: str | os.PathLike[str]) -> Path:
 
     model = loaded.cpu_float32_network()
     names = _input_names(loaded.tokenizer)
-    example = padded_example_batch(loaded.tokenizer)
+    with loaded.lock:  # the tokenizer's padding state is shared with scorers on this model
+        example = padded_example_batch(loaded.tokenizer)
     args = tuple(example[name] for name in names)
 
     class _Logits(torch.nn.Module):
