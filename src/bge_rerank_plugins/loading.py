@@ -259,6 +259,21 @@ class LoadedModel:
             return self._float32_copy
 
 
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Any:
+    """glibc's ``malloc_trim``, or ``None`` (found once: ``find_library`` runs a subprocess)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return None
+    try:
+        return getattr(ctypes.CDLL(name), "malloc_trim", None)
+    except OSError:
+        return None
+
+
 def release_freed_memory() -> None:
     """Hand memory freed by Python back to the operating system (glibc only; else a no-op).
 
@@ -266,16 +281,10 @@ def release_freed_memory() -> None:
     but glibc keeps the freed heap: on XLM-R base with ``torch-int8`` that was about 260 MB of
     resident memory for the life of the process, and the scorer's peak was 100 MB higher.
     """
-    import ctypes
-    import ctypes.util
     import gc
 
     gc.collect()
-    name = ctypes.util.find_library("c")
-    if not name:
-        return
-    libc = ctypes.CDLL(name)
-    trim = getattr(libc, "malloc_trim", None)
+    trim = _malloc_trim()
     if trim is not None:
         trim(0)
 
