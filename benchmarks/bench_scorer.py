@@ -128,6 +128,8 @@ def _make_scorer_fn(spec: dict):
                 pairs, batch_size=bs, activation_fn=identity, show_progress_bar=False
             )
             return [float(x) for x in out]
+
+        fn.network = model.model  # type: ignore[attr-defined]
     elif lib == "flag":
         from FlagEmbedding import FlagReranker
 
@@ -140,6 +142,8 @@ def _make_scorer_fn(spec: dict):
         def fn(pairs):
             out = model.compute_score(pairs, batch_size=bs, max_length=ml, normalize=False)
             return [float(x) for x in (out if isinstance(out, list) else [out])]
+
+        fn.network = model.model  # type: ignore[attr-defined]
     elif lib == "hf":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -164,9 +168,48 @@ def _make_scorer_fn(spec: dict):
                     ).to(device)
                     scores += model(**enc).logits[:, 0].float().tolist()
             return scores
+
+        fn.network = model  # type: ignore[attr-defined]
     else:
         raise ValueError(f"unknown library {lib!r}")
     return time.perf_counter() - start, fn
+
+
+def _input_recorder(rows: list[list[int]]):
+    """A forward pre-hook that keeps each row's token ids (padding dropped) a peer's model gets:
+    the peers tokenize by their own rules, and a score can only match ours for the same ids."""
+
+    def record(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        mask = kwargs.get("attention_mask")
+        if ids is None:
+            return
+        for i, row in enumerate(ids):
+            keep = row if mask is None else row[mask[i].bool()]
+            rows.append(keep.tolist())
+
+    return record
+
+
+def _pairs_with_other_inputs(tokenizer, pairs, max_length: int, rows: list[list[int]]) -> list[int]:
+    """Indices of pairs whose token ids (query + passage, passage truncated) no recorded row
+    equals: the pairs that a peer fed its model as other tokens than the text's own."""
+    from collections import Counter
+
+    expected = tokenizer(
+        [q for q, _ in pairs],
+        [p for _, p in pairs],
+        truncation="only_second",
+        max_length=max_length,
+    )["input_ids"]
+    recorded = Counter(tuple(r) for r in rows)
+    other = []
+    for i, ids in enumerate(expected):
+        if recorded[tuple(ids)] > 0:
+            recorded[tuple(ids)] -= 1
+        else:
+            other.append(i)
+    return other
 
 
 def run_worker(spec: dict) -> dict:
@@ -178,10 +221,18 @@ def run_worker(spec: dict) -> dict:
     load_s, fn = _make_scorer_fn(spec)
     fn(pairs[: min(len(pairs), 16)])  # warm-up (and ONNX export / quantization if first use)
     times, scores = [], []
-    for _ in range(spec["repeats"]):
+    inputs: list[list[int]] = []
+    for repeat in range(spec["repeats"]):
+        hook = None
+        if repeat == spec["repeats"] - 1 and hasattr(fn, "network"):
+            # on the encoder: sentence-transformers calls it and the head apart
+            encoder = fn.network.base_model
+            hook = encoder.register_forward_pre_hook(_input_recorder(inputs), with_kwargs=True)
         t0 = time.perf_counter()
         scores = fn(pairs)
         times.append(time.perf_counter() - t0)
+        if hook is not None:
+            hook.remove()
     result = {
         "lib": spec["lib"],
         "backend": spec.get("label", spec.get("backend", "torch")),
@@ -189,6 +240,7 @@ def run_worker(spec: dict) -> dict:
         "times": times,
         "seconds": statistics.median(times),
         "scores": scores,
+        "model_inputs": inputs,
     }
     if spec.get("latency_calls"):
         small = pairs[: spec.get("latency_pairs", 20)]
@@ -577,6 +629,19 @@ def run_full(args) -> int:
             cells += ["-", "-"]
         print("| " + " | ".join(cells) + " |")
     print()
+    for p in peers.values():
+        if not p.get("model_inputs"):
+            continue
+        other = _pairs_with_other_inputs(tokenizer, pairs, args.max_length, p["model_inputs"])
+        if other and ours_fp32:
+            differing = set(other)
+            rest = [i for i in range(len(pairs)) if i not in differing]
+            diff = _max_abs([ours_fp32["scores"][i] for i in rest], [p["scores"][i] for i in rest])
+            print(
+                f"{LABELS[p['lib']]} fed its model other token ids than the pair text's own for "
+                f"{len(other)} of {len(pairs)} pairs (#{', #'.join(map(str, other[:5]))}); over "
+                f"the other pairs its max abs diff vs ours fp32 is {diff:.1e}"
+            )
     lat = {
         f"{LABELS[r['lib']]} ({r['backend']})": r["latency_p50_ms"]
         for r in ok_runs

@@ -85,3 +85,33 @@ def test_cuda_device_without_a_gpu_is_a_clear_error(bench, tiny_bert, tmp_path):
         pytest.skip("this machine has a GPU")
     with pytest.raises(SystemExit, match="--device cuda: this torch sees no CUDA GPU"):
         bench.main(["--model", str(tiny_bert), "--device", "cuda", "--data", str(tmp_path)])
+
+
+def test_peer_inputs_are_recorded_and_other_tokens_found(bench, tiny_xlmr):
+    # A peer that feeds its model other token ids than the pair text's own (FlagEmbedding's
+    # decode-and-re-tokenize round trip around <unk>) is named with the pairs it changed.
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_xlmr)
+    network = AutoModelForSequenceClassification.from_pretrained(tiny_xlmr).eval()
+    pairs = [("what is a panda?", "a bear that eats bamboo"), ("capital of china", "Beijing")]
+    rows: list[list[int]] = []
+    hook = network.base_model.register_forward_pre_hook(
+        bench._input_recorder(rows), with_kwargs=True
+    )
+    batch = tokenizer(
+        [q for q, _ in pairs],
+        [p for _, p in pairs],
+        padding="max_length",
+        max_length=32,
+        return_tensors="pt",
+    )
+    batch["input_ids"][1, 1] = tokenizer.unk_token_id  # the second pair, fed as other tokens
+    with torch.inference_mode():
+        network(**batch)
+    hook.remove()
+    assert len(rows) == 2 and len(rows[0]) < 32  # padding dropped
+    assert bench._pairs_with_other_inputs(tokenizer, pairs, 32, rows) == [1]
+    assert bench._pairs_with_other_inputs(tokenizer, pairs, 32, rows + rows[:1]) == [1]
+    assert bench._pairs_with_other_inputs(tokenizer, pairs, 32, []) == [0, 1]
