@@ -321,7 +321,8 @@ def _not_found(model: str, error: Exception) -> ModelNotFoundError:
 
 def _clean_tokenizer(tokenizer: Any) -> None:
     # Some exported tokenizer.json files (e.g. all-MiniLM-L6-v2's) bake in truncation at 128 and
-    # fixed padding; the scorer decides truncation itself, so clear them on the backend.
+    # fixed padding, and transformers leaves whatever its last call set; the scorer decides
+    # truncation itself, so clear both on the backend.
     backend = getattr(tokenizer, "backend_tokenizer", None)
     if backend is not None:
         backend.no_truncation()
@@ -347,10 +348,8 @@ def plain_encodings(tokenizer: Any, texts: list[str]) -> list[Any]:
     ...     len(tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts]
     True
     """
-    backend = tokenizer.backend_tokenizer
-    backend.no_truncation()
-    backend.no_padding()
-    return backend.encode_batch(texts, add_special_tokens=False)
+    _clean_tokenizer(tokenizer)
+    return tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
 
 
 def load_cross_encoder(
