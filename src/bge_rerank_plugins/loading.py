@@ -388,42 +388,41 @@ def load_cross_encoder(
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, use_fp16, resolved_device)
     key = (source, resolved_device, str(torch_dtype), revision, trust_remote_code)
+    loaded = None
     if use_cache:
         with _cache_lock:
-            cached = _cache.get(key)
-        if cached is not None:
-            if load_weights:
-                cached.model  # noqa: B018 - loads them if an earlier caller did without
-            return cached
-    if not local.is_dir() and (local.is_absolute() or name.startswith((".", "~"))):
+            loaded = _cache.get(key)
+    looks_like_path = local.is_absolute() or name.startswith((".", "~"))
+    if loaded is None and not local.is_dir() and looks_like_path:
         raise ModelNotFoundError(
             f"model={name!r} looks like a path but no such directory exists; pass the folder "
             "that holds config.json and the weights."
         )
-    options: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **options)
-        _clean_tokenizer(tokenizer)
-        config = AutoConfig.from_pretrained(source, **options)
-        loaded = LoadedModel(
-            tokenizer=tokenizer,
-            config=config,
-            device=resolved_device,
-            dtype=torch_dtype,
-            name=name,
-            max_length_limit=model_length_limit(config, tokenizer),
-            source=source,
-            load_options=options,
-        )
+        if loaded is None:
+            options: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
+            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            _clean_tokenizer(tokenizer)
+            config = AutoConfig.from_pretrained(source, **options)
+            loaded = LoadedModel(
+                tokenizer=tokenizer,
+                config=config,
+                device=resolved_device,
+                dtype=torch_dtype,
+                name=name,
+                max_length_limit=model_length_limit(config, tokenizer),
+                source=source,
+                load_options=options,
+            )
+            if use_cache:
+                with _cache_lock:
+                    loaded = _cache.setdefault(key, loaded)
         if load_weights:
-            loaded.model  # noqa: B018 - loads the weights now, so a broken model fails here
+            # Loads them once per cache entry (also one made earlier without), so a broken
+            # model fails here rather than at the first score.
+            loaded.model  # noqa: B018
     except OSError as error:
         if local.is_dir():
             raise
         raise _not_found(name, error) from error
-    if use_cache:
-        with _cache_lock:
-            loaded = _cache.setdefault(key, loaded)
-    if load_weights:
-        loaded.model  # noqa: B018 - a cached entry made without weights gets them now
     return loaded
