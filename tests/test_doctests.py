@@ -14,6 +14,7 @@ MODULES = [
     "bge_rerank_plugins.finetune.data",
     "bge_rerank_plugins.first_token",
     "bge_rerank_plugins.loading",
+    "bge_rerank_plugins.half_weights",
     "bge_rerank_plugins.backends.torch_int8",
 ]
 

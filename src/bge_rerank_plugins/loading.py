@@ -203,13 +203,19 @@ class LoadedModel:
         return self._network is not None
 
     def _load(self, dtype: Any, device: str) -> Any:
+        import torch
         from transformers import AutoModelForSequenceClassification
 
         from .first_token import compute_last_layer_for_first_token
+        from .half_weights import load_half_precision
 
-        network = AutoModelForSequenceClassification.from_pretrained(
-            self.source, dtype=dtype, **self.load_options
-        )
+        network = None
+        if dtype in (torch.float16, torch.bfloat16):
+            network = load_half_precision(self.source, self.config, dtype, self.load_options)
+        if network is None:
+            network = AutoModelForSequenceClassification.from_pretrained(
+                self.source, dtype=dtype, **self.load_options
+            )
         network.eval().to(device)
         # Scores need the first token's last hidden state only (an exact saving, checked here).
         # The check tokenizes with padding: under the lock, since the tokenizer keeps padding
