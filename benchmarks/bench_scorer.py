@@ -42,11 +42,13 @@ sys.path.insert(0, str(HERE))
 from workload import (  # noqa: E402
     backend_options,
     build_xlmr,
+    gemm_peak_gflops,
     length_stats,
     load_corpus,
     scifact_pairs,
     synthetic_pairs,
     text_of_tokens,
+    useful_gflop,
 )
 
 PEERS = ("st", "flag", "hf")
@@ -340,40 +342,6 @@ def _spawn(spec: dict, threads: int) -> dict:
 
 
 # ----------------------------------------------------------------------------- main side
-def gemm_peak_gflops(threads: int, device: str = "cpu", repeats: int = 5) -> float:
-    """The best rate of a square matmul: float32 2048^3 on the CPU, float16 8192^3 on CUDA."""
-    import torch
-
-    torch.set_num_threads(threads)
-    cuda = device.startswith("cuda")
-    size, dtype = (8192, torch.float16) if cuda else (2048, torch.float32)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(repeats):
-        if cuda:
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if cuda:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - t0)
-    return 2 * size**3 / best / 1e9
-
-
-def useful_gflop(config: dict, lengths: list[int], max_length: int) -> float:
-    """2 x encoder weights x real tokens + attention (QK^T and AV), in GFLOP."""
-    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
-    inter = config["intermediate_size"]
-    per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
-    total = 0.0
-    for n in lengths:
-        n = min(n, max_length)
-        total += per_token * n + layers * 4 * n * n * hidden
-    return total / 1e9
-
-
 def resolve_model(name: str, data: Path | None) -> Path:
     cache = ROOT / ".cache" / "bench-models"
     if name == "minilm":

@@ -32,6 +32,9 @@ from pathlib import Path
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from workload import gemm_peak_gflops, length_stats, useful_gflop
+
 HOST = "127.0.0.1"  # loopback only, by design: there is no option to change it
 DEFAULT_DATA = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "scifact"
 
@@ -216,8 +219,11 @@ def model_only_ceiling(
     Scores ``count`` requests in-process with the scorer the server builds (default settings)
     twice: one request per call (what the no-batching server runs) and ``group`` requests
     merged per call (the best case of the batcher at ``group`` concurrent clients). Returns
-    pairs/s of both.
+    pairs/s of both, and each as a share of the CPU's float32 GEMM peak (useful work only, as
+    in ``bench_scorer.py``): a path already near the peak leaves merging little to win.
     """
+    import torch
+
     from bge_rerank_plugins.server import ServerConfig
 
     scorer = ServerConfig(model=model).build_scorer()
@@ -227,12 +233,23 @@ def model_only_ceiling(
     start = time.perf_counter()
     for query, docs in work:
         scorer.score_pairs([(query, d) for d in docs])
-    single = pairs / (time.perf_counter() - start)
+    single_s = time.perf_counter() - start
     start = time.perf_counter()
     for i in range(0, len(work), group):
         scorer.score_pairs([(q, d) for q, docs in work[i : i + group] for d in docs])
-    merged = pairs / (time.perf_counter() - start)
-    return {"single_pairs_per_s": single, "merged_pairs_per_s": merged}
+    merged_s = time.perf_counter() - start
+
+    all_pairs = [(q, d) for q, docs in work for d in docs]
+    lengths = length_stats(scorer.tokenizer, all_pairs, scorer.model_max_length)["lengths"]
+    gflop = useful_gflop(scorer.model.config.to_dict(), lengths, scorer.resolve_max_length(lengths))
+    peak = gemm_peak_gflops(torch.get_num_threads())
+    return {
+        "single_pairs_per_s": pairs / single_s,
+        "merged_pairs_per_s": pairs / merged_s,
+        "single_peak_share": gflop / single_s / peak,
+        "merged_peak_share": gflop / merged_s / peak,
+        "gemm_peak_gflops": peak,
+    }
 
 
 def main() -> int:
@@ -337,12 +354,13 @@ def main() -> int:
     if args.model_only:
         ceiling = model_only_ceiling(model, requests, args.requests, args.clients)
         results["model-only"] = ceiling
+        single, merged = ceiling["single_pairs_per_s"], ceiling["merged_pairs_per_s"]
         print(
             f"\nmodel only, in-process, {args.requests} requests: one per call "
-            f"{ceiling['single_pairs_per_s']:.1f} pairs/s, {args.clients} merged per call "
-            f"{ceiling['merged_pairs_per_s']:.1f} pairs/s "
-            f"({ceiling['merged_pairs_per_s'] / ceiling['single_pairs_per_s']:.2f}x: the most "
-            "merging can give here)"
+            f"{single:.1f} pairs/s ({ceiling['single_peak_share']:.0%} of the "
+            f"{ceiling['gemm_peak_gflops']:.0f} GFLOP/s GEMM peak), {args.clients} merged per "
+            f"call {merged:.1f} pairs/s ({ceiling['merged_peak_share']:.0%}): "
+            f"{merged / single:.2f}x, the most merging can give here"
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -1,4 +1,4 @@
-"""Workloads and models for ``bench_scorer.py``.
+"""Workloads and models for the benchmarks (``bench_scorer.py``, ``bench_server.py``).
 
 - :func:`scifact_pairs`: 8 queries x 50 BM25 candidates from SciFact dev. Each passage is the
   document title plus a leading run of its abstract's sentences whose length is drawn from a
@@ -6,6 +6,8 @@
   abstracts, the shape of the baseline workload (median ~167 tokens, ~2% over 512).
   ``passages="full"`` keeps whole title + abstract (median ~440 tokens).
 - :func:`synthetic_pairs`: English pairs made from built-in sentences, for runs without data.
+- :func:`useful_gflop` and :func:`gemm_peak_gflops`: the work a workload needs and the rate
+  the machine can do it at, for the "% of GEMM peak" figures.
 - :func:`build_xlmr`: a random-weight model with the shape of bge-reranker-base (XLM-RoBERTa
   base: hidden 768, 12 layers, 12 heads, FFN 3072, vocab 250,002, 514 positions), or with
   ``size="large"`` bge-reranker-v2-m3's (XLM-RoBERTa large: hidden 1024, 24 layers, 16 heads,
@@ -22,6 +24,7 @@ import math
 import random
 import re
 import statistics
+import time
 from pathlib import Path
 
 __all__ = [
@@ -175,6 +178,40 @@ def length_stats(tokenizer: object, pairs: list[tuple[str, str]], max_length: in
         "over_max_length": sum(n > max_length for n in lengths),
         "real_tokens": sum(min(n, max_length) for n in lengths),
     }
+
+
+def gemm_peak_gflops(threads: int, device: str = "cpu", repeats: int = 5) -> float:
+    """The best rate of a square matmul: float32 2048^3 on the CPU, float16 8192^3 on CUDA."""
+    import torch
+
+    torch.set_num_threads(threads)
+    cuda = device.startswith("cuda")
+    size, dtype = (8192, torch.float16) if cuda else (2048, torch.float32)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if cuda:
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * size**3 / best / 1e9
+
+
+def useful_gflop(config: dict, lengths: list[int], max_length: int) -> float:
+    """2 x encoder weights x real tokens + attention (QK^T and AV), in GFLOP."""
+    hidden, layers = config["hidden_size"], config["num_hidden_layers"]
+    inter = config["intermediate_size"]
+    per_token = 2 * layers * (4 * hidden * hidden + 2 * hidden * inter)
+    total = 0.0
+    for n in lengths:
+        n = min(n, max_length)
+        total += per_token * n + layers * 4 * n * n * hidden
+    return total / 1e9
 
 
 # (hidden, layers, heads, FFN, positions): bge-reranker-base and bge-reranker-v2-m3
