@@ -78,14 +78,16 @@ def project_requirements(extra: str) -> list[Requirement]:
 
 def installed_closure(requirements: list[Requirement]) -> set[str]:
     """Canonical names of the distributions these requirements install, transitively."""
-    closure: set[str] = set()
-    pending = [(r, frozenset(r.extras)) for r in requirements]
+    visited: set[tuple[str, frozenset[str]]] = set()
+    pending = list(requirements)
     while pending:
-        requirement, extras = pending.pop()
-        name = canonicalize_name(requirement.name)
-        if name in closure and not extras:
+        requirement = pending.pop()
+        name, extras = canonicalize_name(requirement.name), frozenset(requirement.extras)
+        # Keyed with the extras: a package asked for again with other extras brings more, and
+        # packages that name themselves with extras (ray[data] -> ray[...]) end here.
+        if (name, extras) in visited:
             continue
-        closure.add(name)
+        visited.add((name, extras))
         try:
             requires = metadata.requires(requirement.name) or []
         except metadata.PackageNotFoundError:
@@ -96,8 +98,8 @@ def installed_closure(requirements: list[Requirement]) -> set[str]:
                 child.marker.evaluate({"extra": e}) for e in (extras or {""})
             )
             if wanted:
-                pending.append((child, frozenset(child.extras)))
-    return closure
+                pending.append(child)
+    return {name for name, _ in visited}
 
 
 @pytest.mark.parametrize("example", EXAMPLES)
