@@ -57,7 +57,7 @@ def test_pointwise_groups_by_query_and_round_trips():
         PointwiseExample("q1", "a", 1.0),
         PointwiseExample("q2", "c", 0.0),
         PointwiseExample("q1", "b", 0.0),
-        PointwiseExample("q1", "a", 0.0),  # repeated passage: the first row wins
+        PointwiseExample("q1", "a", 1.0),  # an identical repeat is kept once
     ]
     groups = groups_from_pointwise(rows)
     assert groups == [TrainingGroup("q1", ("a",), ("b",)), TrainingGroup("q2", (), ("c",))]

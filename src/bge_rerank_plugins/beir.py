@@ -19,8 +19,10 @@ the file, the 1-based line number and the field at fault.
 
 from __future__ import annotations
 
+import codecs
 import json
 import logging
+import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -36,7 +38,9 @@ __all__ = [
     "Query",
     "available_splits",
     "bm25_tokenize",
+    "decode_utf8",
     "iter_jsonl",
+    "iter_lines",
     "load_beir",
     "load_candidates",
     "load_corpus",
@@ -129,26 +133,73 @@ class BeirDataset:
 
 
 # ---------------------------------------------------------------------- low-level readers
+def decode_utf8(data: bytes, path: PathLike) -> str:
+    """``data`` (a whole file) as text: UTF-8, a leading byte-order mark dropped.
+
+    Raises:
+        ValueError: the bytes are not UTF-8 (e.g. latin-1 or cp1252); names the file, the
+            1-based line and the offending byte, and says how to convert the file.
+    """
+    start = 3 if data.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return data[start:].decode("utf-8")
+    except UnicodeDecodeError as error:
+        offset = start + error.start
+        line = data.count(b"\n", 0, offset) + 1
+        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
+        raise ValueError(_not_utf8(path, line, column, data[offset])) from None
+
+
+def _not_utf8(path: PathLike, line: int, column: int, byte: int) -> str:
+    return (
+        f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x} at column {column}); the file is "
+        "probably latin-1 or cp1252: convert it to UTF-8, e.g. "
+        f"`iconv -f latin1 -t utf-8 {Path(path).name} > fixed.jsonl`"
+    )
+
+
+def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+    """Yield ``(line_number, text)`` for each line of a UTF-8 text file (line end removed).
+
+    A UTF-8 byte-order mark at the start is dropped (files saved by Windows tools often have
+    one).
+
+    Raises:
+        ValueError: a line is not valid UTF-8 (names the file, the line and the byte).
+    """
+    path = Path(path)
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if number == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[3:]
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    _not_utf8(path, number, error.start + 1, raw[error.start])
+                ) from None
+            yield number, text.rstrip("\r\n")
+
+
 def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file.
 
+    The file is UTF-8 (a leading byte-order mark is accepted).
+
     Raises:
-        ValueError: a line is not valid JSON or not a JSON object (names file and line).
+        ValueError: a line is not valid UTF-8, not valid JSON or not a JSON object (names file
+            and line).
     """
-    path = Path(path)
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-            if not isinstance(value, dict):
-                raise ValueError(
-                    f"{path}:{number}: expected a JSON object, got {type(value).__name__}"
-                )
-            yield number, value
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
+        yield number, value
 
 
 def _field(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
@@ -207,11 +258,23 @@ def load_corpus(path: PathLike) -> dict[str, Document]:
 
 
 def load_queries(path: PathLike, ids: set[str] | None = None) -> dict[str, Query]:
-    """Read ``queries.jsonl`` (``{"_id", "text"}``); keep only ``ids`` when given."""
+    """Read ``queries.jsonl`` (``{"_id", "text"}``); keep only ``ids`` when given.
+
+    Raises:
+        ValueError: a malformed line, or a query id given twice (as for document ids: which
+            text is right cannot be guessed), with file and line.
+    """
     queries: dict[str, Query] = {}
+    seen: dict[str, int] = {}
     for number, row in iter_jsonl(path):
         where = f"{path}:{number}"
         qid = _id(row, "_id", where)
+        if qid in seen:
+            raise ValueError(
+                f"{where}: duplicate query id {qid!r} in field '_id' (first on line "
+                f"{seen[qid]}); which text is meant cannot be guessed: remove one of the lines"
+            )
+        seen[qid] = number
         if ids is not None and qid not in ids:
             continue
         text = _field(row, "text", str, where)
@@ -224,43 +287,41 @@ def load_queries(path: PathLike, ids: set[str] | None = None) -> dict[str, Query
 def load_qrels(path: PathLike) -> dict[str, dict[str, float]]:
     """Read ``qrels/<split>.tsv`` into ``{query_id: {doc_id: grade}}``.
 
-    The header line (``query-id  corpus-id  score``) is optional. Grades are numbers (ints are
-    kept as ints); a repeated (query, doc) pair keeps the last grade, with a warning.
+    The header line (``query-id  corpus-id  score``) is optional. Grades are finite numbers
+    (ints are kept as ints); a repeated (query, doc) pair keeps the last grade, with a warning.
+    The file is UTF-8 (a leading byte-order mark is accepted).
     """
     path = Path(path)
     qrels: dict[str, dict[str, float]] = {}
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            parts = line.rstrip("\r\n").split("\t")
-            if number == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            where = f"{path}:{number}"
-            if len(parts) != 3:
-                raise ValueError(
-                    f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), "
-                    f"got {len(parts)}"
-                )
-            qid, doc_id, raw = (p.strip() for p in parts)
-            if not qid or not doc_id:
-                name = "query-id" if not qid else "corpus-id"
-                raise ValueError(f"{where}: column {name!r} is empty")
+    for number, line in iter_lines(path):
+        if not line.strip():
+            continue
+        parts = line.split("\t")
+        if number == 1 and parts[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue
+        where = f"{path}:{number}"
+        if len(parts) != 3:
+            raise ValueError(
+                f"{where}: expected 3 tab-separated columns (query-id, corpus-id, score), "
+                f"got {len(parts)}"
+            )
+        qid, doc_id, raw = (p.strip() for p in parts)
+        if not qid or not doc_id:
+            name = "query-id" if not qid else "corpus-id"
+            raise ValueError(f"{where}: column {name!r} is empty")
+        try:
+            grade: float = int(raw)
+        except ValueError:
             try:
-                grade: float = int(raw)
+                grade = float(raw)
             except ValueError:
-                try:
-                    grade = float(raw)
-                except ValueError:
-                    raise ValueError(
-                        f"{where}: column 'score' must be a number, got {raw!r}"
-                    ) from None
-            per_query = qrels.setdefault(qid, {})
-            if doc_id in per_query and per_query[doc_id] != grade:
-                logger.warning(
-                    "%s: (%s, %s) is graded twice; keeping %s", where, qid, doc_id, grade
-                )
-            per_query[doc_id] = grade
+                raise ValueError(f"{where}: column 'score' must be a number, got {raw!r}") from None
+        if not math.isfinite(grade):
+            raise ValueError(f"{where}: column 'score' must be a finite number, got {raw!r}")
+        per_query = qrels.setdefault(qid, {})
+        if doc_id in per_query and per_query[doc_id] != grade:
+            logger.warning("%s: (%s, %s) is graded twice; keeping %s", where, qid, doc_id, grade)
+        per_query[doc_id] = grade
     return qrels
 
 
@@ -280,6 +341,10 @@ def load_candidates(path: PathLike) -> dict[str, CandidateList]:
         for doc_id, grade in scores_raw.items():
             if not isinstance(grade, (int, float)) or isinstance(grade, bool):
                 raise ValueError(f"{where}: field 'scores'[{doc_id!r}] must be a number")
+            if not math.isfinite(grade):
+                raise ValueError(
+                    f"{where}: field 'scores'[{doc_id!r}] must be a finite number, got {grade!r}"
+                )
             scores[str(doc_id)] = grade
         if ranked is None and not pos and not neg:
             raise ValueError(

@@ -20,11 +20,20 @@ BEIR folder + split         ``corpus.jsonl``, ``queries.jsonl``, ``qrels/<split>
                             (+ ``candidates/<split>.jsonl`` for hard negatives)
 ==========================  ===========================================================
 
-Pointwise rows and triplets are grouped by query (first-appearance order, duplicates
-dropped): a row whose label is >= ``positive_threshold`` (0.5) is a positive. Labels other
-than 0 and 1 (soft or graded labels) are kept as the group's scores. A malformed row raises a
-``ValueError`` naming the file (or ``records``), the line (or index) and the field; no row is
-skipped silently.
+Pointwise rows and triplets are grouped by query (first-appearance order): a row whose label
+is >= ``positive_threshold`` (0.5) is a positive. Labels other than 0 and 1 (soft or graded
+labels) are kept as the group's scores. A malformed row raises a ``ValueError`` naming the file
+(or ``records``), the line (or index) and the field; no row is skipped silently:
+
+* labels and teacher scores must be finite numbers (``NaN`` and ``Infinity`` are errors);
+* a (query, passage) pair given twice with two different labels, or two different teacher
+  scores, is an error naming both places (which one is right cannot be guessed);
+* a pointwise row repeated with the same label is kept once, with a warning that counts them;
+* a passage that is both a positive and a negative of one query in grouped records (mined
+  negatives that contain a positive) is kept as a positive only, with a warning that counts
+  them;
+* files are UTF-8 (a byte-order mark is accepted); other encodings are an error naming the
+  file and line.
 
 >>> groups = load_training_data([
 ...     {"query": "q1", "passage": "good", "score": 1},
@@ -40,6 +49,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -82,8 +92,13 @@ def _check_text(value: Any, where: str) -> str:
 def _check_number(value: Any, where: str) -> float:
     if isinstance(value, bool):
         return float(value)
-    if not isinstance(value, (int, float)) or value != value:  # NaN != NaN
+    if not isinstance(value, (int, float)):
         raise ValueError(f"{where} must be a number, got {type(value).__name__} {value!r:.60}")
+    if not math.isfinite(value):
+        raise ValueError(
+            f"{where} must be a finite number, got {value!r}: a NaN or infinite label or teacher "
+            "score would turn the training loss and the weights into NaN"
+        )
     return float(value)
 
 
@@ -193,23 +208,73 @@ def groups_to_pointwise(
     return rows
 
 
+def _dedupe_rows(
+    rows: Sequence[PointwiseExample], positions: Sequence[str] | None = None
+) -> list[PointwiseExample]:
+    """``rows`` with repeats of a (query, passage) pair removed.
+
+    A repeat with the same label is dropped (one warning counts them all); a repeat with another
+    label raises ``ValueError`` naming both rows.
+    """
+    where = positions if positions is not None else [f"examples[{i}]" for i in range(len(rows))]
+    first: dict[tuple[str, str], int] = {}
+    out: list[PointwiseExample] = []
+    repeats: list[tuple[int, int]] = []
+    for i, row in enumerate(rows):
+        key = (row.query, row.passage)
+        j = first.get(key)
+        if j is None:
+            first[key] = i
+            out.append(row)
+        elif rows[j].label != row.label:
+            raise ValueError(
+                f"{where[i]}: the pair (query {row.query!r:.60}, passage {row.passage!r:.60}) "
+                f"has label {row.label:g} here but {rows[j].label:g} at {where[j]}; a pair can "
+                "have one label only: fix or remove one of the two rows"
+            )
+        else:
+            repeats.append((i, j))
+    if repeats:
+        i, j = repeats[0]
+        logger.warning(
+            "%d repeated (query, passage) rows with the same label were kept once "
+            "(first: %s repeats %s)",
+            len(repeats),
+            where[i],
+            where[j],
+        )
+    return out
+
+
 def groups_from_pointwise(
-    examples: Iterable[PointwiseExample], *, positive_threshold: float = 0.5
+    examples: Iterable[PointwiseExample],
+    *,
+    positive_threshold: float = 0.5,
+    positions: Sequence[str] | None = None,
 ) -> list[TrainingGroup]:
     """Group pointwise rows by query (first-appearance order).
 
     A row with ``label >= positive_threshold`` is a positive. When any label is not 0 or 1, the
-    labels are kept as the groups' scores. A passage repeated under one query keeps its first
-    row.
+    labels are kept as the groups' scores. A (query, passage) pair repeated with the same label
+    is kept once (a warning counts the repeats); repeated with another label it is an error.
+
+    Args:
+        examples: the rows.
+        positive_threshold: the lowest label that is a positive.
+        positions: where each row came from (``"train.jsonl:3"``), for messages; default
+            ``examples[i]``.
+
+    Raises:
+        ValueError: a pair with two different labels (both places are named).
 
     >>> groups_from_pointwise([PointwiseExample("q", "a", 0.0), PointwiseExample("q", "b", 1.0)])
     [TrainingGroup(query='q', positives=('b',), negatives=('a',), positive_scores=None, negative_scores=None)]
     """  # noqa: E501
-    rows = list(examples)
+    rows = _dedupe_rows(list(examples), positions)
     soft = any(r.label not in (0.0, 1.0) for r in rows)
     by_query: dict[str, dict[str, float]] = {}
     for row in rows:
-        by_query.setdefault(row.query, {}).setdefault(row.passage, float(row.label))
+        by_query.setdefault(row.query, {})[row.passage] = float(row.label)
     groups = []
     for query, passages in by_query.items():
         pos = [(p, s) for p, s in passages.items() if s >= positive_threshold]
@@ -226,18 +291,30 @@ def groups_from_pointwise(
     return groups
 
 
-def from_llama_index_samples(samples: Iterable[Any]) -> list[PointwiseExample]:
+def from_llama_index_samples(
+    samples: Iterable[Any], *, name: str = "samples"
+) -> list[PointwiseExample]:
     """LlamaIndex ``CrossEncoderFinetuningDatasetSample`` objects (or dicts with ``query``,
-    ``context``, ``score``) as pointwise rows.
+    ``context``, ``score``) as pointwise rows, each keeping its own score as the label.
+
+    Every sample is validated (non-empty texts, a finite score); a (query, context) pair given
+    twice is kept once (a warning counts the repeats), or is an error when the two scores differ.
+
+    Args:
+        samples: the samples.
+        name: what errors call the samples (``"samples[3]: field 'score' ..."``).
 
     >>> from types import SimpleNamespace
     >>> from_llama_index_samples([SimpleNamespace(query="q", context="c", score=1)])
     [PointwiseExample(query='q', passage='c', label=1.0)]
     """
-    return [
-        _parse_llama_index(_as_mapping(s, f"samples[{i}]"), f"samples[{i}]")
-        for i, s in enumerate(samples)
-    ]
+    positions: list[str] = []
+    rows: list[PointwiseExample] = []
+    for i, sample in enumerate(samples):
+        where = f"{name}[{i}]"
+        positions.append(where)
+        rows.append(_parse_llama_index(_as_mapping(sample, where), where))
+    return _dedupe_rows(rows, positions)
 
 
 # ---------------------------------------------------------------------- record parsing
@@ -254,15 +331,21 @@ def _as_mapping(record: Any, where: str) -> Mapping[str, Any]:
 
 
 def _get(record: Mapping[str, Any], name: str, where: str, *alternatives: str) -> Any:
-    for key in (name, *alternatives):
+    keys = (name, *alternatives)
+    for key in keys:
         if key in record and record[key] is not None:
             return record[key]
-    names = " or ".join(repr(k) for k in (name, *alternatives))
+    null = [k for k in keys if k in record]
+    if null:
+        raise ValueError(f"{where}: field {null[0]!r} is null; give a value")
+    names = " or ".join(repr(k) for k in keys)
     raise ValueError(f"{where}: missing field {names} (fields present: {sorted(record)})")
 
 
 def _text_list(record: Mapping[str, Any], name: str, where: str, required: bool) -> list[str]:
     if name not in record or record[name] is None:
+        if required and name in record:
+            raise ValueError(f"{where}: field {name!r} is null; give a list of strings")
         if required:
             raise ValueError(f"{where}: missing field {name!r} (fields present: {sorted(record)})")
         return []
@@ -284,7 +367,18 @@ def _positive_list(record: Mapping[str, Any], name: str, where: str) -> list[str
 
 def _parse_llama_index(record: Mapping[str, Any], where: str) -> PointwiseExample:
     query = _check_text(_get(record, "query", where), f"{where}: field 'query'")
-    context = _check_text(_get(record, "context", where), f"{where}: field 'context'")
+    context = _get(record, "context", where)
+    if not isinstance(context, str):  # a node or document object: its text
+        inner = next(
+            (
+                getattr(context, attr, None)
+                for attr in ("text", "page_content")
+                if isinstance(getattr(context, attr, None), str)
+            ),
+            None,
+        )
+        context = inner if inner is not None else context
+    context = _check_text(context, f"{where}: field 'context'")
     score = _check_number(_get(record, "score", where), f"{where}: field 'score'")
     return PointwiseExample(query, context, score)
 
@@ -398,14 +492,16 @@ def parse_records(
     if format != "auto" and format not in _PARSERS:
         raise ValueError(f"format must be 'auto' or one of {FORMATS}, got {format!r}")
     chosen = None if format == "auto" else format
-    groups: list[TrainingGroup] = []
+    grouped: list[tuple[str, TrainingGroup]] = []
     pointwise: list[PointwiseExample] = []
+    positions: list[str] = []
     for where, record in records:
         if isinstance(record, TrainingGroup):
-            groups.append(record)
+            grouped.append((where, record))
             continue
         if isinstance(record, PointwiseExample):
             pointwise.append(record)
+            positions.append(where)
             continue
         mapping = _as_mapping(record, where)
         if chosen is None:
@@ -416,13 +512,68 @@ def parse_records(
         parsed = _PARSERS[chosen](mapping, where)
         if isinstance(parsed, PointwiseExample):
             pointwise.append(parsed)
+            positions.append(where)
         else:
-            groups.append(parsed)
+            grouped.append((where, parsed))
+    groups = _drop_contradictions(grouped)
     if chosen == "triplet":
         groups = _merge_groups(groups)
     if pointwise:
-        groups.extend(groups_from_pointwise(pointwise, positive_threshold=positive_threshold))
+        groups.extend(
+            groups_from_pointwise(
+                pointwise, positive_threshold=positive_threshold, positions=positions
+            )
+        )
     return groups
+
+
+def _drop_contradictions(items: Sequence[tuple[str, TrainingGroup]]) -> list[TrainingGroup]:
+    """The groups, each negative that is also a positive of its query removed (with a warning).
+
+    Mined negatives often contain a labelled positive; the label is the explicit judgement, so
+    the passage stays a positive. Two different teacher scores for one (query, passage) pair
+    raise ``ValueError`` naming both records.
+    """
+    positives: dict[str, set[str]] = {}
+    scores: dict[tuple[str, str], tuple[float, str]] = {}
+    for where, group in items:
+        positives.setdefault(group.query, set()).update(group.positives)
+        if not group.has_scores:
+            continue
+        texts = (*group.positives, *group.negatives)
+        values = (*(group.positive_scores or ()), *(group.negative_scores or ()))
+        for text, score in zip(texts, values):
+            first = scores.setdefault((group.query, text), (score, where))
+            if not math.isclose(first[0], score, rel_tol=1e-4, abs_tol=1e-6):
+                raise ValueError(
+                    f"{where}: passage {text!r:.60} of query {group.query!r:.60} has teacher "
+                    f"score {score:g} here but {first[0]:g} at {first[1]}; a pair can have one "
+                    "teacher score only: fix or remove one of them"
+                )
+    out: list[TrainingGroup] = []
+    dropped: list[str] = []
+    for where, group in items:
+        own = positives[group.query]
+        keep = [i for i, text in enumerate(group.negatives) if text not in own]
+        if len(keep) < len(group.negatives):
+            dropped += [where] * (len(group.negatives) - len(keep))
+            negative_scores = group.negative_scores
+            group = TrainingGroup(
+                group.query,
+                group.positives,
+                tuple(group.negatives[i] for i in keep),
+                group.positive_scores,
+                None if negative_scores is None else tuple(negative_scores[i] for i in keep),
+            )
+        out.append(group)
+    if dropped:
+        logger.warning(
+            "%d negatives that are also a positive of the same query were removed from the "
+            "negatives (kept as positives; first at %s)",
+            len(dropped),
+            dropped[0],
+        )
+    return out
 
 
 def _merge_groups(groups: Sequence[TrainingGroup]) -> list[TrainingGroup]:
@@ -437,9 +588,11 @@ def _merge_groups(groups: Sequence[TrainingGroup]) -> list[TrainingGroup]:
 
 # ---------------------------------------------------------------------- files
 def _iter_file(path: Path) -> Iterable[tuple[str, Any]]:
+    from ..beir import decode_utf8, iter_jsonl
+
     if path.suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(decode_utf8(path.read_bytes(), path))
         except json.JSONDecodeError as error:
             raise ValueError(f"{path}:{error.lineno}: invalid JSON ({error.msg})") from None
         if not isinstance(data, list):
@@ -447,8 +600,6 @@ def _iter_file(path: Path) -> Iterable[tuple[str, Any]]:
         for i, record in enumerate(data):
             yield f"{path}[{i}]", record
         return
-    from ..beir import iter_jsonl
-
     for number, record in iter_jsonl(path):
         yield f"{path}:{number}", record
 
@@ -498,7 +649,9 @@ def groups_from_beir(
             never negatives.
         max_queries: only the first this many queries (qrels order) with a positive.
 
-    Queries without a positive document are left out (logged with their count).
+    Queries without a positive document (none graded >= ``relevance_threshold``, or none of
+    them in the corpus) cannot be trained on: they are left out with a warning that counts
+    them and names the first few.
     """
     from ..beir import BeirDataset, load_beir
     from ..fields import PassageTemplate
@@ -512,7 +665,7 @@ def groups_from_beir(
         else PassageTemplate(template or ("title", "text"))
     )
     qids = [q for q in data.query_ids if data.relevant(q, relevance_threshold)]
-    skipped = len(data.query_ids) - len(qids)
+    skipped = [q for q in data.query_ids if not data.relevant(q, relevance_threshold)]
     if max_queries is not None:
         qids = qids[:max_queries]
     mined = mine_hard_negatives(
@@ -523,7 +676,7 @@ def groups_from_beir(
         grades = data.qrels[qid]
         pos_ids = [d for d, g in grades.items() if g >= relevance_threshold and d in data.corpus]
         if not pos_ids:
-            skipped += 1
+            skipped.append(qid)
             continue
         groups.append(
             TrainingGroup(
@@ -533,8 +686,15 @@ def groups_from_beir(
             )
         )
     if skipped:
-        logger.info(
-            "%s/%s: %d queries without a positive document left out", data.path, data.split, skipped
+        logger.warning(
+            "%s/%s: %d of %d queries have no positive document (grade >= %s in the corpus) and "
+            "are left out of training (first: %s)",
+            data.path,
+            data.split,
+            len(skipped),
+            len(data.query_ids),
+            relevance_threshold,
+            ", ".join(repr(q) for q in skipped[:5]),
         )
     return groups
 
@@ -548,6 +708,7 @@ def load_training_data(
     negatives: NegativeMiningConfig | None = None,
     template: Any = None,
     relevance_threshold: float = 1,
+    name: str = "records",
 ) -> list[TrainingGroup]:
     """Read training data from any supported source into :class:`TrainingGroup` records.
 
@@ -560,6 +721,7 @@ def load_training_data(
         positive_threshold: the lowest pointwise label that counts as a positive.
         negatives, template, relevance_threshold: for BEIR sources, see
             :func:`groups_from_beir`.
+        name: what errors call an iterable source (``"records[3]: missing field 'query'"``).
 
     Raises:
         ValueError: a malformed record (file and line, or index, and the field are named).
@@ -600,10 +762,10 @@ def load_training_data(
             f"{type(source).__name__}"
         )
     groups = parse_records(
-        ((f"records[{i}]", r) for i, r in enumerate(source)),
+        ((f"{name}[{i}]", r) for i, r in enumerate(source)),
         format=format,
         positive_threshold=positive_threshold,
     )
     if not groups:
-        raise ValueError("source holds no training records")
+        raise ValueError(f"{name} holds no training records")
     return groups

@@ -111,36 +111,45 @@ def _get(sample: Any, name: str, default: Any = None) -> Any:
     return getattr(sample, name, default)
 
 
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    for name in ("text", "page_content", "context"):
-        inner = _get(value, name)
-        if isinstance(inner, str):
-            return inner
-    raise TypeError(f"Cannot read a passage text from {type(value).__name__}: give strings.")
-
-
 def _pointwise(dataset: Sequence[Any], what: str) -> list[tuple[str, str, float]]:
-    """(query, passage, label) rows; LlamaIndex samples keep their own score as the label."""
-    if all(_get(s, "context") is not None and _get(s, "score") is not None for s in dataset):
-        return [
-            (str(_get(s, "query")), _text(_get(s, "context")), float(_get(s, "score")))
-            for s in dataset
-        ]
-    from .data import groups_to_pointwise
+    """(query, passage, label) rows; LlamaIndex samples keep their own score as the label.
 
-    return [(r.query, r.passage, r.label) for r in groups_to_pointwise(_records(dataset, what))]
+    Every record goes through :mod:`.data`'s validation (non-empty texts, finite labels,
+    conflicting repeats), LlamaIndex samples included; errors name ``what[index]``.
+    """
+    from .data import from_llama_index_samples, groups_to_pointwise
+
+    if all(_get(s, "context") is not None and _get(s, "score") is not None for s in dataset):
+        rows = from_llama_index_samples(dataset, name=what)
+    else:
+        rows = groups_to_pointwise(_records(dataset, what))
+    return [(r.query, r.passage, r.label) for r in rows]
 
 
 def _records(dataset: Sequence[Any], what: str) -> list[Any]:
-    """Any supported input format as :class:`~.data.TrainingGroup` records."""
+    """Any supported input format as :class:`~.data.TrainingGroup` records (validated)."""
     from .data import load_training_data
 
-    try:
-        return load_training_data(dataset)
-    except ValueError as error:
-        raise ValueError(f"{what}: {error}") from error
+    return load_training_data(dataset, name=what)
+
+
+def _first_non_finite(model: Any) -> str | None:
+    """The name of the first parameter holding a NaN or an infinity, or None."""
+    import torch
+
+    for name, param in model.named_parameters():
+        if not bool(torch.isfinite(param.detach()).all()):
+            return name
+    return None
+
+
+class _Diverged(Exception):
+    """Raised inside the trainer on a NaN or infinite loss or weights (re-raised as a
+    RerankerError by ``finetune``); ``detail`` says what and at which step."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
 
 
 def _groups(
@@ -255,7 +264,10 @@ class CrossEncoderFinetuneEngine:
         dataset: training samples (LlamaIndex samples with ``query``/``context``/``score`` or
             grouped records with ``query``/``positives``/``negatives``).
         model_id: base model: a Hub id or a local folder.
-        model_output_path: folder that receives the fine-tuned model (replaced atomically).
+        model_output_path: folder that receives the fine-tuned model (written atomically): a
+            new or empty folder, or a model folder written by this library (its model files
+            are replaced, every other file in it is kept). A non-empty folder this library did
+            not write raises ``FileExistsError`` here, before training.
         batch_size: groups (softmax loss) or pairs (bce) per optimizer micro-step.
         val_dataset: validation samples, same formats; enables evaluation every
             ``evaluation_steps``, keeps the best checkpoint by MRR@10 and early stopping.
@@ -369,6 +381,11 @@ class CrossEncoderFinetuneEngine:
             raise ValueError(f"warmup_ratio must be within [0, 1), got {warmup_ratio!r}.")
         if freeze_layers < 0:
             raise ValueError(f"freeze_layers must be >= 0, got {freeze_layers!r}.")
+        from .export import check_output_dir
+
+        # before any training: a folder that cannot take the model is refused now, not after
+        # hours of training (and nothing in it is ever deleted)
+        check_output_dir(model_output_path, "model_output_path")
 
         self.dataset = list(dataset)
         self.model_id = str(model_id)
@@ -376,9 +393,11 @@ class CrossEncoderFinetuneEngine:
         self.batch_size = int(batch_size)
         self.val_dataset = list(val_dataset) if val_dataset is not None else None
         loss = DEFAULTS["loss"] if loss is None else loss
-        # "auto" must read every record to decide; the grouped loss it picks then builds its
-        # dataset from these parsed records instead of parsing the input a second time
-        self._parsed_dataset = _records(self.dataset, "dataset") if loss == "auto" else None
+        # "auto" must read every record to decide; a grouped loss then builds its dataset from
+        # these parsed records instead of parsing the input a second time
+        self._parsed_dataset = (
+            _records(self.dataset, "dataset") if loss in ("auto", "softmax", "distill") else None
+        )
         self.loss = self._resolve_loss(loss, self._parsed_dataset)
         self.epochs = int(epochs)
         self.show_progress_bar = bool(show_progress_bar)
@@ -486,9 +505,18 @@ class CrossEncoderFinetuneEngine:
                 "Froze %d tensors (embeddings + %d layers).", len(names), self.freeze_layers
             )
 
+    def _dataset_rows(self) -> list[tuple[str, str, float]]:
+        """The training data as validated pointwise rows, parsed once (warnings logged once)."""
+        if getattr(self, "_rows", None) is None:
+            # a grouped loss parsed the records already (and reads the rows' texts only); any
+            # other loss parses the input here, its labels kept
+            source = self.dataset if self._parsed_dataset is None else self._parsed_dataset
+            self._rows = _pointwise(source, "dataset")
+        return self._rows
+
     def _sample_pairs(self, limit: int = 1000) -> list[tuple[str, str, float]]:
         if getattr(self, "_pairs_sample", None) is None:
-            rows = _pointwise(self.dataset, "dataset")
+            rows = self._dataset_rows()
             self._pairs_sample = random.Random(self.seed).sample(rows, min(limit, len(rows)))
         return self._pairs_sample
 
@@ -540,7 +568,7 @@ class CrossEncoderFinetuneEngine:
         """
         if loss != "auto":
             return loss
-        assert records is not None  # parsed whenever the loss is "auto"
+        assert records is not None  # parsed whenever the loss is "auto" or grouped
         chosen = "distill" if all(r.has_scores for r in records) else "softmax"
         logger.info(
             "loss='auto' -> %r (%s).",
@@ -577,7 +605,7 @@ class CrossEncoderFinetuneEngine:
             dataset = Dataset.from_dict(columns)
             dataset.set_transform(_redraw_negatives(self.num_negatives, self._rng))
             return dataset
-        rows = _pointwise(samples, what)
+        rows = self._dataset_rows() if samples is self.dataset else _pointwise(samples, what)
         return Dataset.from_dict(
             {
                 "query": [q for q, _, _ in rows],
@@ -700,6 +728,33 @@ class CrossEncoderFinetuneEngine:
                         control.should_save = True
 
         class _Trainer(CrossEncoderTrainer):
+            def compute_loss(
+                self,
+                model: Any,
+                inputs: Any,
+                return_outputs: bool = False,
+                num_items_in_batch: Any = None,
+            ) -> Any:
+                result = super().compute_loss(
+                    model, inputs, return_outputs, num_items_in_batch=num_items_in_batch
+                )
+                loss = result[0] if return_outputs else result
+                # one scalar check per micro-step (the trainer syncs on the loss anyway); raised
+                # before backward, so the weights are still those of the last good step
+                if model.training and not bool(torch.isfinite(loss.detach()).all()):
+                    step = self.state.global_step + 1
+                    raise _Diverged(f"the loss is {float(loss.detach())} at optimizer step {step}")
+                return result
+
+            def _save_checkpoint(self, model: Any, trial: Any) -> None:
+                bad = _first_non_finite(self.model)
+                if bad is not None:  # never checkpoint broken weights
+                    raise _Diverged(
+                        f"parameter {bad!r} holds NaN or infinite values after optimizer step "
+                        f"{self.state.global_step}"
+                    )
+                super()._save_checkpoint(model, trial)
+
             def create_optimizer(self, model: Any = None) -> Any:
                 if self.optimizer is not None:
                     return self.optimizer
@@ -813,7 +868,10 @@ class CrossEncoderFinetuneEngine:
             resumed_step = int(json.loads(state_file.read_text())["global_step"])
             logger.info("Resuming from %s (step %d).", resume, resumed_step)
         started = time.time()
-        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        except _Diverged as stop:
+            raise self._diverged(stop.detail) from None
         seconds = time.time() - started
         self.model = trainer.model
         best = trainer.state.best_metric
@@ -842,11 +900,41 @@ class CrossEncoderFinetuneEngine:
         )
         return self.result
 
+    def _diverged(self, detail: str) -> Exception:
+        """The error for a training run whose loss (or weights) stopped being finite."""
+        from ..errors import RerankerError
+
+        last = _latest_checkpoint(self.checkpoint_dir)
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        return RerankerError(
+            f"Training stopped: {detail} (not finite). Nothing was written to "
+            f"model_output_path={self.model_output_path!r} (a model already there is kept); "
+            f"{kept}. Usual causes: a learning rate too high (learning_rate="
+            f"{self.learning_rate:g}, head_learning_rate={self.head_learning_rate}), fp16 "
+            "overflow (try precision='bf16' or 'fp32'), or a custom loss that returns NaN."
+        )
+
     def save(
         self, path: str | os.PathLike[str], *, training_summary: Mapping[str, Any] | None = None
     ) -> Path:
-        """Write the current model as a drop-in folder at ``path`` (atomic replace)."""
+        """Write the current model as a drop-in folder at ``path`` (atomic replace).
+
+        ``path`` must be new, empty, or a model folder this library wrote (its other files are
+        kept); see :mod:`bge_rerank_plugins.finetune.export`.
+
+        Raises:
+            RerankerError: the weights hold NaN or infinite values (nothing is written).
+            FileExistsError: ``path`` is a non-empty folder this library did not write.
+        """
+        from ..errors import RerankerError
         from .export import export_model
+
+        bad = _first_non_finite(self._hf_model())
+        if bad is not None:
+            raise RerankerError(
+                f"Refusing to save to {str(path)!r}: parameter {bad!r} holds NaN or infinite "
+                "values (a diverged training run); the folder is left as it was."
+            )
 
         extra = {}
         if training_summary is not None:

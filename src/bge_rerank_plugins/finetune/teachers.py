@@ -22,6 +22,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -65,7 +66,9 @@ def biencoder_teacher_scores(
         distinct text is encoded once.
 
     Raises:
-        ValueError: ``scale`` is not positive, or ``precision`` is unknown.
+        ValueError: ``scale`` is not positive, ``precision`` is unknown, a record is malformed,
+            or the model gives a NaN or infinite embedding (the group and passage are named;
+            such a teacher score would make the distillation loss NaN).
     """
     if not scale > 0:
         raise ValueError(f"scale must be > 0, got {scale!r}")
@@ -78,7 +81,7 @@ def biencoder_teacher_scores(
 
     from ..loading import cpu_bf16_autocast
 
-    records = load_training_data(list(groups))
+    records = load_training_data(list(groups), name="groups")
     if isinstance(model, (str, os.PathLike)):  # str has an ``encode`` of its own
         from sentence_transformers import SentenceTransformer
 
@@ -106,11 +109,19 @@ def biencoder_teacher_scores(
     passage_vectors = dict(zip(texts, encode(texts)))
     query_vectors = dict(zip(queries, encode(queries)))
     out = []
-    for group in records:
+    for index, group in enumerate(records):
         q = query_vectors[group.query]
 
-        def scores(items: Sequence[str], q: Any = q) -> tuple[float, ...]:
-            return tuple(round(float(scale * passage_vectors[t] @ q), 6) for t in items)
+        def scores(items: Sequence[str], q: Any = q, index: int = index) -> tuple[float, ...]:
+            values = tuple(round(float(scale * passage_vectors[t] @ q), 6) for t in items)
+            for text, value in zip(items, values):
+                if not math.isfinite(value):
+                    raise ValueError(
+                        f"training group {index} (query {records[index].query!r:.60}): the "
+                        f"teacher score of passage {text!r:.60} is {value} (the model gave a NaN "
+                        "or infinite embedding); check the teacher model (precision='fp32')"
+                    )
+            return values
 
         out.append(
             TrainingGroup(
