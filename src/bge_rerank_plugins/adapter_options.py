@@ -26,12 +26,21 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    field_validator,
+    model_validator,
+)
 
 from .fields import PassageTemplate
 from .scorer import DEFAULT_MODEL, CrossEncoderScorer
@@ -97,7 +106,7 @@ class ScorerOptions(BaseModel):
         default=None,
         description="Device such as 'cpu', 'cuda', 'cuda:1' or 'mps'; None picks the best one.",
     )
-    use_fp16: bool | None = Field(
+    use_fp16: StrictBool | None = Field(
         default=None,
         description="Run in float16; None means float16 on CUDA and float32 elsewhere.",
     )
@@ -109,7 +118,7 @@ class ScorerOptions(BaseModel):
         description="Most tokens per (query, passage) pair; None is the model's limit (at most "
         "512), 'auto' fits each call's lengths. The passage is truncated, never the query.",
     )
-    normalize: bool = Field(
+    normalize: StrictBool = Field(
         default=True,
         description="True: sigmoid scores in [0, 1]; False: raw logits.",
     )
@@ -119,7 +128,7 @@ class ScorerOptions(BaseModel):
         "'onnx-int8' (approximate int8 scores, about 2-3x faster on CPU; see the Benchmarks "
         "page).",
     )
-    trust_remote_code: bool = Field(
+    trust_remote_code: StrictBool = Field(
         default=False, description="Allow custom model code from the Hub."
     )
     scorer: CrossEncoderScorer | None = Field(
@@ -135,6 +144,14 @@ class ScorerOptions(BaseModel):
     def _model_as_str(cls, value: Any) -> Any:
         if isinstance(value, os.PathLike):
             return os.fspath(value)
+        return value
+
+    @field_validator("batch_size", "max_length", mode="before")
+    @classmethod
+    def _no_bool_counts(cls, value: Any, info: Any) -> Any:
+        # pydantic reads True as 1: a flag passed where a count belongs.
+        if isinstance(value, bool):
+            raise ValueError(f"{info.field_name} must be an int or None, not a bool ({value!r})")
         return value
 
     @model_validator(mode="after")
@@ -217,6 +234,34 @@ class RerankOptions(ScorerOptions):
     )
     _passage_template: PassageTemplate | None = PrivateAttr(default=None)
 
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _top_n_not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"top_n must be a positive int or None, not a bool ({value!r})")
+        return value
+
+    @field_validator("score_threshold")
+    @classmethod
+    def _finite_threshold(cls, value: float | None) -> float | None:
+        # Every comparison with NaN is False, so score_threshold=nan would drop every result.
+        if value is not None and not math.isfinite(value):
+            raise ValueError(
+                f"score_threshold must be a finite number or None, got {value!r}; it would "
+                "drop every result (or keep every one). Use None to keep all results."
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _threshold_in_score_range(self) -> RerankOptions:
+        if self.normalize and self.score_threshold is not None and self.score_threshold > 1:
+            raise ValueError(
+                f"score_threshold={self.score_threshold} is above 1, but normalize=True gives "
+                "scores in [0, 1], so every result would be dropped. Pass a threshold in "
+                "[0, 1], or normalize=False to compare with raw logits."
+            )
+        return self
+
     @field_validator("template", mode="before")
     @classmethod
     def _template_spec(cls, value: Any) -> Any:
@@ -238,25 +283,49 @@ class RerankOptions(ScorerOptions):
                 raise ValueError(str(error)) from None
         return self
 
-    def record_text(self, text: str, metadata: Mapping[str, Any]) -> str:
+    def record_text(self, text: str, metadata: Mapping[str, Any], index: int | None = None) -> str:
         """The text scored for a record with this main ``text`` and ``metadata``.
 
         Without a template it is ``text``; with one it is the template rendered over
         ``{**metadata, "text": text}`` (missing or blank fields are skipped).
+
+        Raises:
+            ValueError: the record has none of the template's fields, so it would be scored
+                as empty text (``index`` names its position in the message).
         """
         if self._passage_template is None:
             return text
-        return self._passage_template.render({**metadata, "text": text})
+        record = {**metadata, "text": text}
+        if not self._passage_template.present_fields(record):
+            where = "a record" if index is None else f"record {index}"
+            raise ValueError(
+                f"template={self.template!r}: {where} has none of its fields "
+                f"{', '.join(self._passage_template.fields)} (its metadata has "
+                f"{', '.join(map(str, metadata)) or 'no keys'}), so it would be scored as "
+                "empty text. Fix the field names, or include 'text' (the node or document "
+                "text) in the template."
+            )
+        return self._passage_template.render(record)
 
     def rank_texts(self, query: str, texts: Sequence[str]) -> list[tuple[int, float]]:
         """Score ``texts`` against ``query``; return ``(input index, score)`` best first.
 
         Ties keep input order; ``score_threshold`` then ``top_n`` are applied.
         """
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a string, got {type(query).__name__}")
         scores = self.get_scorer().score(query, list(texts), normalize=self.normalize)
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         if self.score_threshold is not None:
-            order = [i for i in order if scores[i] >= self.score_threshold]
+            kept = [i for i in order if scores[i] >= self.score_threshold]
+            if len(kept) < len(order):
+                logger.debug(
+                    "score_threshold=%s dropped %d of %d results",
+                    self.score_threshold,
+                    len(order) - len(kept),
+                    len(order),
+                )
+            order = kept
         if self.top_n is not None:
             order = order[: self.top_n]
         return [(i, scores[i]) for i in order]

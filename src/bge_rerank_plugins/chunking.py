@@ -121,6 +121,8 @@ def score_chunked(
     """
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if not isinstance(query, str):
+        raise TypeError(f"query must be a string, got {type(query).__name__}")
     texts = scorer._texts(passages)
     tokenizer = scorer.tokenizer
     if window_tokens is None:

@@ -125,6 +125,14 @@ class PassageTemplate:
         """The field names the template reads, in order."""
         return tuple(name for _, _, name in self._parts)
 
+    def present_fields(self, record: Any) -> tuple[str, ...]:
+        """The template's fields that ``record`` has (not missing and not ``None``).
+
+        A record with none of them renders as ``""``: usually a template naming the wrong
+        fields, which :func:`passage_to_text` and the adapters refuse rather than score.
+        """
+        return tuple(name for name in self.fields if get_field(record, name) is not None)
+
     def render(self, record: Any) -> str:
         """Render ``record`` to text; missing fields are skipped cleanly."""
         pieces: list[str] = []
@@ -147,6 +155,12 @@ def passage_to_text(passage: Any, template: PassageTemplate | None, index: int) 
 
     Strings pass through unchanged unless a template is given (a template applies to records
     only). Records render with ``template`` or, without one, their title and text.
+
+    Raises:
+        TypeError: ``passage`` is neither a string nor a record.
+        ValueError: no data would be scored: without a template, the record has no ``text``
+            field; with one, the record has none of the template's fields (absent or ``None``).
+            A field that is present but blank is not an error: the caller counts such records.
     """
     if isinstance(passage, str):
         return passage
@@ -165,4 +179,37 @@ def passage_to_text(passage: Any, template: PassageTemplate | None, index: int) 
             "(a dict, or an object with text and metadata such as a LlamaIndex node or a "
             "LangChain Document)."
         )
-    return (template or _DEFAULT_TEMPLATE).render(passage)
+    active = template or _DEFAULT_TEMPLATE
+    if template is None:
+        if get_field(passage, "text") is None:
+            raise ValueError(
+                f"passages[{index}] is a record without a 'text' field ({_describe(passage)}); "
+                "without a template a record is scored as its title and text, so its text "
+                "would be lost. Pass template= naming the field that holds it, e.g. "
+                "template='{title}\\n{body}'."
+            )
+    elif not active.present_fields(passage):
+        raise ValueError(
+            f"passages[{index}] has none of the template's fields "
+            f"{', '.join(active.fields)} ({_describe(passage)}), so it would be scored as empty "
+            "text. Fix the field names in template=, or drop such records before scoring."
+        )
+    return active.render(passage)
+
+
+def _describe(record: Any) -> str:
+    """What fields a record has, for error messages."""
+    if isinstance(record, Mapping):
+        keys = [str(k) for k in record]
+        metadata = record.get("metadata")
+        if isinstance(metadata, Mapping):
+            keys += [f"metadata.{k}" for k in metadata]
+        kind = "dict" if isinstance(record, dict) else type(record).__name__
+    else:
+        metadata = getattr(record, "metadata", None)
+        keys = [str(k) for k in metadata] if isinstance(metadata, Mapping) else []
+        kind = type(record).__name__ + (" with metadata" if keys else "")
+    if not keys:
+        return f"a {kind} with no fields"
+    shown = ", ".join(keys[:10]) + (", ..." if len(keys) > 10 else "")
+    return f"a {kind} with fields {shown}"

@@ -18,7 +18,7 @@ import asyncio
 import importlib
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
@@ -88,9 +88,49 @@ class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
-    def document_text(self, document: Document) -> str:
+    def document_text(self, document: Document, index: int | None = None) -> str:
         """The text scored for ``document``: page content, or the template over metadata."""
-        return self.record_text(document.page_content, document.metadata)
+        return self.record_text(document.page_content, document.metadata, index)
+
+    def _texts(
+        self, documents: Sequence[Document], query: str
+    ) -> tuple[Sequence[Document], list[str]]:
+        """Check the arguments of :meth:`compress_documents`; the documents and their texts.
+
+        A generator of documents is read once into a list.
+        """
+        if documents is None or not isinstance(documents, Iterable):
+            raise TypeError(
+                f"documents must be a list of langchain_core Document objects, got "
+                f"{type(documents).__name__}."
+            )
+        if isinstance(documents, (str, bytes)) or isinstance(documents, Document):
+            raise TypeError(
+                f"documents must be a list of langchain_core Document objects, got a single "
+                f"{type(documents).__name__}; wrap it in a list (compress_documents takes "
+                "documents first, then the query)."
+            )
+        if not isinstance(query, str):
+            raise TypeError(
+                f"query must be a string, got {type(query).__name__} (compress_documents takes "
+                "documents first, then the query)."
+            )
+        if not isinstance(documents, Sequence):
+            documents = list(documents)
+        texts = []
+        for i, document in enumerate(documents):
+            if not isinstance(document, Document):
+                hint = (
+                    "; wrap each string: Document(page_content=text)"
+                    if isinstance(document, str)
+                    else ""
+                )
+                raise TypeError(
+                    f"documents[{i}] is a {type(document).__name__}, not a langchain_core "
+                    f"Document{hint}. To score plain strings, use CrossEncoderScorer.rank."
+                )
+            texts.append(self.document_text(document, i))
+        return documents, texts
 
     def _results(
         self, documents: Sequence[Document], ranked: list[tuple[int, float]]
@@ -109,9 +149,9 @@ class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Rerank ``documents`` for ``query``: new documents, best first, at most ``top_n``."""
-        if not documents:
+        documents, texts = self._texts(documents, query)
+        if not texts:
             return []
-        texts = [self.document_text(d) for d in documents]
         return self._results(documents, self.rank_texts(query, texts))
 
     async def acompress_documents(
@@ -121,9 +161,9 @@ class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
         callbacks: Callbacks | None = None,
     ) -> Sequence[Document]:
         """Async :meth:`compress_documents`; the model runs in a worker thread."""
-        if not documents:
+        documents, texts = self._texts(documents, query)
+        if not texts:
             return []
-        texts = [self.document_text(d) for d in documents]
         ranked = await asyncio.to_thread(self.rank_texts, query, texts)
         return self._results(documents, ranked)
 
@@ -145,5 +185,9 @@ class BGECrossEncoder(ScorerOptions, BaseCrossEncoder):
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
 
     def score(self, text_pairs: list[tuple[str, str]]) -> list[float]:
-        """Scores of ``(query, passage)`` pairs, in input order."""
+        """Scores of ``(query, passage)`` pairs, in input order.
+
+        A passage may also be a ``Document`` (its page content and metadata are used as by
+        :class:`~bge_rerank_plugins.CrossEncoderScorer`).
+        """
         return self.get_scorer().score_pairs(text_pairs, normalize=self.normalize)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
@@ -28,7 +29,7 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation import get_dispatcher
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
-from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
+from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
 
 from .adapter_options import RerankOptions
 
@@ -90,11 +91,11 @@ class BGEReranker(RerankOptions, BaseNodePostprocessor):
         return "BGEReranker"
 
     # ------------------------------------------------------------------ translation
-    def node_text(self, node: NodeWithScore) -> str:
+    def node_text(self, node: NodeWithScore, index: int | None = None) -> str:
         """The text scored for ``node``: its content, or the template over text and metadata."""
         if self.template is None:
             return node.node.get_content(metadata_mode=self.metadata_mode)
-        return self.record_text(node.node.get_content(MetadataMode.NONE), node.node.metadata)
+        return self.record_text(node.node.get_content(MetadataMode.NONE), node.node.metadata, index)
 
     def _texts(
         self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
@@ -104,7 +105,28 @@ class BGEReranker(RerankOptions, BaseNodePostprocessor):
                 "BGEReranker needs a query: call postprocess_nodes(nodes, query_str=...) or "
                 "pass query_bundle=QueryBundle(...)."
             )
-        return query_bundle.query_str, [self.node_text(n) for n in nodes]
+        if not isinstance(query_bundle.query_str, str):
+            raise TypeError(
+                f"the query must be a string, got {type(query_bundle.query_str).__name__}"
+            )
+        if isinstance(nodes, (str, bytes, NodeWithScore)) or not isinstance(nodes, Sequence):
+            raise TypeError(
+                f"nodes must be a list of NodeWithScore, got {type(nodes).__name__}"
+                + ("; wrap it in a list." if isinstance(nodes, (str, NodeWithScore)) else ".")
+            )
+        for i, node in enumerate(nodes):
+            if not isinstance(node, NodeWithScore):
+                if isinstance(node, BaseNode):
+                    hint = "wrap it: NodeWithScore(node=node)"
+                elif isinstance(node, str):
+                    hint = "wrap each string: NodeWithScore(node=TextNode(text=text))"
+                else:
+                    hint = "pass what a LlamaIndex retriever returns"
+                raise TypeError(
+                    f"nodes[{i}] is a {type(node).__name__}, not a NodeWithScore; {hint}. To "
+                    "score plain strings, use CrossEncoderScorer.rank."
+                )
+        return query_bundle.query_str, [self.node_text(n, i) for i, n in enumerate(nodes)]
 
     def _results(
         self, nodes: list[NodeWithScore], ranked: list[tuple[int, float]]

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ModelNotFoundError
+from .errors import DeviceUnavailableError, ModelFilesError, ModelNotFoundError
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = [
+    "DEVICE_SPELLINGS",
     "DTYPES",
     "LoadedModel",
     "clear_model_cache",
@@ -41,19 +42,72 @@ logger = logging.getLogger(__name__)
 DTYPES = ("auto", "float32", "float16", "bfloat16")
 
 
-def resolve_device(device: str | None) -> str:
-    """``None`` picks CUDA, then Apple MPS, then CPU."""
+#: Device spellings accepted by the ``device`` option (``N`` is a GPU index).
+DEVICE_SPELLINGS = ("cpu", "cuda", "cuda:N", "mps")
+
+# Common spellings of a GPU that torch does not know, and what they mean.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "cuda0": "cuda:0", "metal": "mps"}
+
+
+def resolve_device(device: Any) -> str:
+    """The device to run on: ``device`` checked against this machine, or the best available.
+
+    ``None`` picks CUDA, then Apple MPS, then CPU. A device that torch does not know (``"gpu"``)
+    is a :class:`ValueError` listing the valid spellings; a known kind that this machine lacks
+    (``"cuda"`` without a visible GPU, ``"cuda:1"`` with one GPU, ``"mps"`` off Apple silicon) is
+    a :class:`~bge_rerank_plugins.errors.DeviceUnavailableError` saying what is visible.
+    """
     import torch
 
-    if device is not None:
-        if not isinstance(device, str):
-            raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r}")
-        return device
-    if torch.cuda.is_available():
-        return "cuda"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
+    if device is None:
+        if torch.cuda.is_available():
+            return "cuda"
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return "mps"
+        return "cpu"
+    if isinstance(device, torch.device):
+        device = str(device)
+    if not isinstance(device, str):
+        raise TypeError(
+            f"device must be a string such as 'cpu' or 'cuda:0' (or None), got "
+            f"{type(device).__name__} {device!r}"
+        )
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError):
+        alias = _DEVICE_ALIASES.get(device.strip().lower())
+        hint = f" (did you mean device={alias!r}?)" if alias else ""
+        raise ValueError(
+            f"device={device!r} is not a device name{hint}; use one of "
+            f"{', '.join(DEVICE_SPELLINGS)}, or leave device unset (None) to pick the best "
+            "available."
+        ) from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            why = (
+                "this torch build has no CUDA support"
+                if torch.version.cuda is None
+                else "torch sees no CUDA GPU (check the driver and CUDA_VISIBLE_DEVICES)"
+            )
+            raise DeviceUnavailableError(
+                f"device={device!r}: no CUDA device is visible ({why}). Pass device='cpu', or "
+                "leave device unset to pick the best available."
+            )
+        count = torch.cuda.device_count()
+        if parsed.index is not None and parsed.index >= count:
+            raise DeviceUnavailableError(
+                f"device={device!r}: only {count} CUDA device{'s are' if count != 1 else ' is'} "
+                f"visible (cuda:0 to cuda:{count - 1}); pass one of those, or leave device "
+                "unset."
+            )
+    elif parsed.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceUnavailableError(
+                f"device={device!r}: Apple MPS is not available on this machine. Pass "
+                "device='cpu', or leave device unset to pick the best available."
+            )
+    return device
 
 
 @functools.lru_cache(maxsize=1)
@@ -210,12 +264,27 @@ class LoadedModel:
         from .half_weights import load_half_precision
 
         network = None
-        if dtype in (torch.float16, torch.bfloat16):
-            network = load_half_precision(self.source, self.config, dtype, self.load_options)
-        if network is None:
-            network = AutoModelForSequenceClassification.from_pretrained(
-                self.source, dtype=dtype, **self.load_options
-            )
+        try:
+            if dtype in (torch.float16, torch.bfloat16):
+                network = load_half_precision(self.source, self.config, dtype, self.load_options)
+            if network is None:
+                network = AutoModelForSequenceClassification.from_pretrained(
+                    self.source, dtype=dtype, **self.load_options
+                )
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as error:
+            local = Path(self.source).is_dir()
+            if isinstance(error, OSError) and not local:
+                raise  # the Hub could not provide them: load_cross_encoder explains that
+            if isinstance(error, (ModelFilesError, ImportError)):
+                raise
+            raise ModelFilesError(
+                f"model={self.name!r}: could not load the weights from {self.source} "
+                f"({type(error).__name__}: {_one_line(error)}). A weights file "
+                "(model.safetensors or pytorch_model.bin) is missing, truncated or corrupt, "
+                "for example after an interrupted download or copy: fetch it again."
+            ) from error
         network.eval().to(device)
         # Scores need the first token's last hidden state only (an exact saving, checked here).
         # The check tokenizes with padding: under the lock, since the tokenizer keeps padding
@@ -310,6 +379,14 @@ def _locate(name: str) -> str:
     return name
 
 
+def hub_offline() -> bool:
+    """Whether ``HF_HUB_OFFLINE`` asks for no Hub access (``1``, ``true``, ``yes``, ``on``).
+
+    The spellings ``huggingface_hub`` itself treats as true; read at each call, not at import.
+    """
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
 def _not_found(model: str, error: Exception) -> ModelNotFoundError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in {"1", "true", "yes"}
     why = (
@@ -358,6 +435,70 @@ def plain_encodings(tokenizer: Any, texts: list[str]) -> list[Any]:
     return tokenizer.backend_tokenizer.encode_batch(texts, add_special_tokens=False)
 
 
+def _one_line(error: BaseException) -> str:
+    """An exception's message on one line (library messages often span several)."""
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
+
+
+#: Files of which a model folder needs at least one to build its tokenizer.
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "vocab.txt",
+    "sentencepiece.bpe.model",
+    "spiece.model",
+    "tokenizer.model",
+    "vocab.json",
+)
+
+
+def _check_model_folder(name: str, folder: Path) -> None:
+    """Refuse a local folder that cannot hold a usable cross-encoder, naming what is missing.
+
+    Without these checks an empty folder fails deep inside ``transformers`` with text that does
+    not name the folder, and a folder without tokenizer files loads with a tokenizer of special
+    tokens only, which maps every word to ``[UNK]`` (so every passage gets the same score).
+    """
+    present = sorted(p.name for p in folder.iterdir())
+    if not present:
+        raise ModelFilesError(
+            f"model={name!r}: the folder {folder} is empty. Pass the folder that holds "
+            "config.json, the weights (model.safetensors) and the tokenizer files "
+            "(tokenizer.json or vocab.txt), e.g. one written by save_pretrained or "
+            "`hf download MODEL --local-dir DIR`."
+        )
+    if "config.json" not in present:
+        nested = sorted(p.parent.name for p in folder.glob("*/config.json"))
+        hint = f" Its subfolders {', '.join(nested)} do; pass one of them." if nested else ""
+        raise ModelFilesError(
+            f"model={name!r}: the folder {folder} holds no config.json (it holds "
+            f"{', '.join(present[:8])}{', ...' if len(present) > 8 else ''}); it is not a "
+            f"model folder.{hint}"
+        )
+    if not any(f in present for f in TOKENIZER_FILES):
+        raise ModelFilesError(
+            f"model={name!r}: the folder {folder} has no tokenizer files (none of "
+            f"{', '.join(TOKENIZER_FILES)}). Without them every word would be scored as an "
+            "unknown token. Copy the tokenizer files from where the model came from, or save "
+            "them next to the weights with tokenizer.save_pretrained(folder)."
+        )
+
+
+def _check_tokenizer(name: str, tokenizer: Any) -> None:
+    """Refuse a tokenizer that knows its special tokens only (every word becomes unknown)."""
+    try:
+        size = len(tokenizer)
+        specials = len(set(getattr(tokenizer, "all_special_tokens", ())))
+    except TypeError:
+        return
+    if size <= max(specials, 5):
+        raise ModelFilesError(
+            f"model={name!r}: its tokenizer has only {size} tokens (the special tokens), so "
+            "every word would be scored as an unknown token. The tokenizer files "
+            f"({', '.join(TOKENIZER_FILES[:2])}, ...) are missing or empty: copy them from where "
+            "the model came from."
+        )
+
+
 def load_cross_encoder(
     model: str | os.PathLike[str],
     *,
@@ -404,12 +545,23 @@ def load_cross_encoder(
             f"model={name!r} looks like a path but no such directory exists; pass the folder "
             "that holds config.json and the weights."
         )
+    if loaded is None and local.is_dir():
+        _check_model_folder(name, local)
     try:
         if loaded is None:
             options: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
-            tokenizer = AutoTokenizer.from_pretrained(source, **options)
+            try:
+                tokenizer = AutoTokenizer.from_pretrained(source, **options)
+                config = AutoConfig.from_pretrained(source, **options)
+            except (OSError, ValueError) as error:
+                if not local.is_dir():
+                    raise
+                raise ModelFilesError(
+                    f"model={name!r}: could not load the tokenizer or config from {source} "
+                    f"({type(error).__name__}: {_one_line(error)})."
+                ) from error
+            _check_tokenizer(name, tokenizer)
             _clean_tokenizer(tokenizer)
-            config = AutoConfig.from_pretrained(source, **options)
             loaded = LoadedModel(
                 tokenizer=tokenizer,
                 config=config,
@@ -427,6 +579,8 @@ def load_cross_encoder(
             # Loads them once per cache entry (also one made earlier without), so a broken
             # model fails here rather than at the first score.
             loaded.model  # noqa: B018
+    except ModelFilesError:
+        raise
     except OSError as error:
         if local.is_dir():
             raise

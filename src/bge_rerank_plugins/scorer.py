@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple, Union
 
 from .batching import plan_batches
+from .errors import NonFiniteScoreError
 from .fields import PassageTemplate, passage_to_text
 from .loading import LoadedModel, load_cross_encoder, plain_encodings
 from .score_cache import ScoreCache, pair_key
@@ -59,6 +60,49 @@ def _as_template(template: TemplateLike) -> PassageTemplate | None:
     )
 
 
+def _is_int(value: Any) -> bool:
+    """An int that is not a bool (``True`` is an int to Python, never a count to a user)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_normalize(normalize: Any, name: str = "normalize") -> None:
+    if not isinstance(normalize, bool):
+        raise TypeError(
+            f"{name} must be True (sigmoid scores in [0, 1]) or False (raw logits), got "
+            f"{type(normalize).__name__} {normalize!r}"
+        )
+
+
+def _as_passages(passages: Any, name: str = "passages") -> Sequence[Any]:
+    """``passages`` as a sequence, read once; a clear TypeError for what is not a collection.
+
+    A list or tuple is used as is (never copied or modified); any other iterable, such as a
+    generator, is read into a list once. A single string, a single record (a dict, a LangChain
+    ``Document``, a LlamaIndex node) or ``None`` is refused: iterating it would score its
+    characters, its keys or nothing.
+    """
+    if isinstance(passages, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of passages, got a single {type(passages).__name__}; "
+            "wrap it in a list."
+        )
+    if passages is None:
+        raise TypeError(f"{name} must be a list of passages (strings or records), got None.")
+    if isinstance(passages, Mapping) or hasattr(passages, "metadata"):
+        raise TypeError(
+            f"{name} must be a list of passages, got a single record "
+            f"({type(passages).__name__}); wrap it in a list."
+        )
+    if isinstance(passages, Sequence):
+        return passages
+    if isinstance(passages, Iterable):
+        return list(passages)
+    raise TypeError(
+        f"{name} must be a list (or other iterable) of passages: strings or records such as "
+        f"dicts, LangChain Documents or LlamaIndex nodes; got {type(passages).__name__}."
+    )
+
+
 def _sigmoid(x: float) -> float:
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
@@ -72,6 +116,8 @@ class CrossEncoderScorer:
     Args:
         model: Hub id (default ``BAAI/bge-reranker-v2-m3``) or a local model directory.
         device: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ``"mps"``; ``None`` picks the best available.
+            A device this machine lacks raises
+            :class:`~bge_rerank_plugins.errors.DeviceUnavailableError`.
         dtype: ``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"``,
             ``"bfloat16"``. float16 on CPU falls back to float32 with one logged notice.
         use_fp16: FlagEmbedding's spelling of ``dtype="float16"``.
@@ -86,7 +132,8 @@ class CrossEncoderScorer:
         token_budget: most padded tokens per forward pass; defaults to
             ``batch_size * max_length`` (pairs are sorted by length, so batches of short pairs
             hold more of them only when this is set higher).
-        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits.
+        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits (a bool: a
+            string such as ``"no"`` is a TypeError, not silently true).
         template: how records become passage text: a format string such as
             ``"{title}\\n{text}"``, a list of field names, or a :class:`PassageTemplate`.
         cache_size: keep up to this many raw scores in an LRU cache keyed by model, max_length
@@ -126,24 +173,23 @@ class CrossEncoderScorer:
         from .backends import check_backend, make_forward
 
         check_backend(backend)
-        if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
+        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
             raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if token_budget is not None and (not isinstance(token_budget, int) or token_budget < 1):
+        if token_budget is not None and (not _is_int(token_budget) or token_budget < 1):
             raise ValueError(f"token_budget must be a positive int or None, got {token_budget!r}")
         if (
             max_length is not None
             and max_length != "auto"
-            and (not isinstance(max_length, int) or isinstance(max_length, bool) or max_length < 8)
+            and (not _is_int(max_length) or max_length < 8)
         ):
             raise ValueError(f"max_length must be an int >= 8, 'auto' or None, got {max_length!r}")
-        if query_max_length is not None and (
-            not isinstance(query_max_length, int) or query_max_length < 1
-        ):
+        if query_max_length is not None and (not _is_int(query_max_length) or query_max_length < 1):
             raise ValueError(
                 f"query_max_length must be a positive int or None, got {query_max_length!r}"
             )
-        if not isinstance(cache_size, int) or cache_size < 0:
+        if not _is_int(cache_size) or cache_size < 0:
             raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
+        _check_normalize(normalize)
         self._loaded: LoadedModel = load_cross_encoder(
             model,
             device=device,
@@ -161,7 +207,7 @@ class CrossEncoderScorer:
             batch_size = CPU_BATCH_SIZE if self._loaded.device == "cpu" else ACCELERATOR_BATCH_SIZE
         self.batch_size = batch_size
         self.token_budget = token_budget
-        self.normalize = bool(normalize)
+        self.normalize = normalize
         self.template = _as_template(template)
         self.show_progress_bar = show_progress_bar
         self.cache = ScoreCache(cache_size) if cache_size else None
@@ -212,9 +258,14 @@ class CrossEncoderScorer:
         return passage_to_text(passage, self.template, index)
 
     def score(
-        self, query: str, passages: Sequence[Any], *, normalize: bool | None = None
+        self, query: str, passages: Iterable[Any], *, normalize: bool | None = None
     ) -> list[float]:
         """Scores of ``passages`` against ``query``, in input order.
+
+        ``passages`` is a list (or any iterable, read once) of strings or records. A single
+        string or record, ``None``, a record with no text field and a non-finite model score
+        are errors, never a silently wrong result: see :meth:`_texts` and
+        :class:`~bge_rerank_plugins.errors.NonFiniteScoreError`.
 
         >>> scorer.score("capital of China", ["Beijing is the capital.", "Capital gains tax."])
         ... # doctest: +SKIP
@@ -228,14 +279,22 @@ class CrossEncoderScorer:
         self, pairs: Iterable[Sequence[Any]], *, normalize: bool | None = None
     ) -> list[float]:
         """Scores of (query, passage) pairs, in input order."""
+        if pairs is None or isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+            raise TypeError(
+                f"pairs must be a list of (query, passage) pairs, got {type(pairs).__name__}"
+            )
         items: list[tuple[str, str]] = []
         for i, pair in enumerate(pairs):
-            if isinstance(pair, (str, bytes)) or len(pair) != 2:
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
                 raise TypeError(
                     f"pairs[{i}] must be a (query, passage) pair, got {type(pair).__name__}"
                 )
             _check_query(pair[0], f"pairs[{i}][0]")
-            items.append((pair[0], self.passage_text(pair[1], i)))
+            try:
+                items.append((pair[0], self.passage_text(pair[1], i)))
+            except (TypeError, ValueError) as error:
+                message = str(error).replace(f"passages[{i}]", f"pairs[{i}][1]", 1)
+                raise type(error)(message) from None
         return self._score_texts(items, normalize)
 
     def score_many(
@@ -250,6 +309,8 @@ class CrossEncoderScorer:
         >>> scorer.score_many(["q1", "q2"], [["a", "b"], ["c"]])  # doctest: +SKIP
         [[0.1, 0.8], [0.5]]
         """
+        queries = _as_passages(queries, "queries")
+        candidates = _as_passages(candidates, "candidates")
         if len(queries) != len(candidates):
             raise ValueError(
                 f"queries and candidates must have the same length "
@@ -273,7 +334,7 @@ class CrossEncoderScorer:
     def rank(
         self,
         query: str,
-        passages: Sequence[Any],
+        passages: Iterable[Any],
         top_k: int | None = None,
         *,
         normalize: bool | None = None,
@@ -283,8 +344,9 @@ class CrossEncoderScorer:
         >>> scorer.rank("q", ["a", "b", "c"], top_k=2)  # doctest: +SKIP
         [Ranked(index=2, score=0.9, passage='c'), Ranked(index=0, score=0.4, passage='a')]
         """
-        if top_k is not None and (not isinstance(top_k, int) or top_k < 0):
+        if top_k is not None and (not _is_int(top_k) or top_k < 0):
             raise ValueError(f"top_k must be a non-negative int or None, got {top_k!r}")
+        passages = _as_passages(passages)
         scores = self.score(query, passages, normalize=normalize)
         order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
         if top_k is not None:
@@ -292,20 +354,35 @@ class CrossEncoderScorer:
         return [Ranked(i, scores[i], passages[i]) for i in order]
 
     # ----------------------------------------------------------------- internals
-    def _texts(self, passages: Sequence[Any], prefix: str = "passages") -> list[str]:
-        if isinstance(passages, (str, bytes)):
-            raise TypeError(
-                f"{prefix} must be a list of passages, got a single {type(passages).__name__}; "
-                "wrap it in a list."
-            )
+    def _texts(self, passages: Iterable[Any], prefix: str = "passages") -> list[str]:
+        """The text of each passage; errors name ``prefix[index]``.
+
+        A record with no data to score (no ``text`` field, or none of the template's fields) is
+        a ValueError; records whose fields are present but blank are scored as empty text and
+        counted in one warning.
+        """
+        passages = _as_passages(passages, prefix)
         texts = []
+        blank = 0
         for i, passage in enumerate(passages):
             try:
-                texts.append(self.passage_text(passage, i))
-            except TypeError as error:
+                text = self.passage_text(passage, i)
+            except (TypeError, ValueError) as error:
                 if prefix != "passages":
-                    raise TypeError(str(error).replace("passages[", f"{prefix}[", 1)) from None
+                    raise type(error)(str(error).replace("passages[", f"{prefix}[", 1)) from None
                 raise
+            if not isinstance(passage, str) and not text.strip():
+                blank += 1
+            texts.append(text)
+        if blank:
+            logger.warning(
+                "%d of %d %s are records whose fields are all blank; they are scored as empty "
+                "text (and rank near the bottom). Drop them before scoring, or check the "
+                "template's field names.",
+                blank,
+                len(texts),
+                prefix,
+            )
         return texts
 
     def resolve_max_length(self, pair_lengths: Sequence[int]) -> int:
@@ -322,6 +399,8 @@ class CrossEncoderScorer:
         return min(int(self.max_length), limit)
 
     def _score_texts(self, items: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+        if normalize is not None:
+            _check_normalize(normalize)
         if not items:
             return []
         raw: list[float | None] = [None] * len(items)
@@ -426,6 +505,7 @@ class CrossEncoderScorer:
         budget = self.token_budget or self.batch_size * max(longest, 1)
         batches = plan_batches(lengths, self.batch_size, budget)
         out: list[float] = [0.0] * len(input_ids)
+        non_finite = 0
         progress = self.show_progress_bar
         if progress is None:
             progress = len(input_ids) > 2000
@@ -437,7 +517,8 @@ class CrossEncoderScorer:
         try:
             with torch.inference_mode():
                 for batch in batches:
-                    scores = self._score_batch(batch, input_ids, token_types)
+                    scores, bad = self._score_batch(batch, input_ids, token_types)
+                    non_finite += bad
                     for i, s in zip(batch, scores):
                         out[i] = s
                     if bar is not None:
@@ -445,15 +526,36 @@ class CrossEncoderScorer:
         finally:
             if bar is not None:
                 bar.close()
+        if non_finite:
+            raise self._non_finite_error(non_finite, len(input_ids))
         return out
+
+    def _non_finite_error(self, count: int, total: int) -> NonFiniteScoreError:
+        import torch
+
+        if self.backend == "torch" and self.dtype != torch.float32:
+            precision = f"in {self.dtype} and again in float32"
+        else:
+            precision = f"with backend={self.backend!r} in float32"
+        return NonFiniteScoreError(
+            f"model={self.model_name!r} gave a NaN or infinite score to {count} of {total} "
+            f"pairs ({precision}). The weights are most likely broken: a fine-tuning run that "
+            "diverged, a bad conversion or a corrupt file. Check the model on a few pairs with "
+            "dtype='float32', and retrain or re-export it; no scores were returned, since a NaN "
+            "would sort arbitrarily."
+        )
 
     def _score_batch(
         self,
         batch: list[int],
         input_ids: list[list[int]],
         token_types: list[list[int]] | None,
-    ) -> list[float]:
-        """Raw scores of one batch; halves it on CUDA out-of-memory, rescoring in fp32 if needed."""
+    ) -> tuple[list[float], int]:
+        """Raw scores of one batch and how many are not finite.
+
+        Halves the batch on CUDA out-of-memory; rescores it in float32 if half precision gave a
+        non-finite score.
+        """
         import torch
 
         tensors = _pad(batch, input_ids, token_types, self.tokenizer.pad_token_id, self.device)
@@ -474,15 +576,12 @@ class CrossEncoderScorer:
                 half,
                 len(batch) - half,
             )
-            return self._score_batch(batch[:half], input_ids, token_types) + self._score_batch(
-                batch[half:], input_ids, token_types
-            )
+            first, first_bad = self._score_batch(batch[:half], input_ids, token_types)
+            second, second_bad = self._score_batch(batch[half:], input_ids, token_types)
+            return first + second, first_bad + second_bad
         scores = _logits_to_scores(logits)
-        if (
-            self.backend == "torch"
-            and self.dtype != torch.float32
-            and not torch.isfinite(scores).all()
-        ):
+        finite = torch.isfinite(scores)
+        if self.backend == "torch" and self.dtype != torch.float32 and not finite.all():
             logger.warning(
                 "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
                 self.dtype,
@@ -491,7 +590,9 @@ class CrossEncoderScorer:
             with self._loaded.lock:
                 logits = self._forward(self._loaded.float32_model(), tensors)
             scores = _logits_to_scores(logits)
-        return scores.float().cpu().tolist()
+            finite = torch.isfinite(scores)
+        bad = int(finite.numel() - finite.sum().item())
+        return scores.float().cpu().tolist(), bad
 
 
 def _token_counts(
