@@ -22,6 +22,9 @@ _EXPORTS = {
     "PassageTemplate": "fields",
     "ScoreCache": "score_cache",
     "ModelNotFoundError": "errors",
+    "ModelFilesError": "errors",
+    "DeviceUnavailableError": "errors",
+    "NonFiniteScoreError": "errors",
     "RerankerError": "errors",
     "clear_model_cache": "loading",
     "BGEReranker": "llama_index",
@@ -41,7 +44,10 @@ __all__ = [
     "BGEReranker",
     "CrossEncoderFinetuneEngine",
     "CrossEncoderScorer",
+    "DeviceUnavailableError",
+    "ModelFilesError",
     "ModelNotFoundError",
+    "NonFiniteScoreError",
     "PassageTemplate",
     "Ranked",
     "RerankerError",
@@ -55,7 +61,13 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from .errors import ModelNotFoundError, RerankerError
+    from .errors import (
+        DeviceUnavailableError,
+        ModelFilesError,
+        ModelNotFoundError,
+        NonFiniteScoreError,
+        RerankerError,
+    )
     from .fields import PassageTemplate
     from .loading import clear_model_cache
     from .score_cache import ScoreCache
