@@ -62,7 +62,8 @@ def add_teacher(groups: list[dict], kind: str, scale: float, data: Path) -> floa
     """
     import numpy as np
 
-    from bge_rerank_plugins.beir import Bm25Index, load_beir
+    from bge_rerank_plugins.beir import load_beir
+    from bge_rerank_plugins.bm25 import Bm25Index
     from bge_rerank_plugins.evaluation import ndcg_at_k
     from bge_rerank_plugins.finetune import TrainingGroup, biencoder_teacher_scores
     from bge_rerank_plugins.minilm import minilm_encoder_dir

@@ -1,4 +1,4 @@
-"""Read BEIR-style dataset folders into small typed records, and BM25 over their corpus.
+"""Read and write BEIR-style dataset folders as small typed records.
 
 Layout of a folder (as in BEIR, plus optional first-stage candidate lists)::
 
@@ -11,6 +11,10 @@ Layout of a folder (as in BEIR, plus optional first-stage candidate lists)::
 A document without a qrels row for a query is not relevant to it (grade 0). Every error names
 the file, the 1-based line number and the field at fault.
 
+BM25 lives in :mod:`bge_rerank_plugins.bm25` and the UTF-8 / JSON-lines readers in
+:mod:`bge_rerank_plugins.jsonl`; their names are re-exported here, so
+``from bge_rerank_plugins.beir import Bm25Index, iter_jsonl`` keeps working.
+
 >>> from bge_rerank_plugins.beir import load_beir  # doctest: +SKIP
 >>> ds = load_beir("data/scifact", "dev")  # doctest: +SKIP
 >>> ds.query_ids[:2], ds.qrels["2"]  # doctest: +SKIP
@@ -19,16 +23,16 @@ the file, the 1-based line number and the field at fault.
 
 from __future__ import annotations
 
-import codecs
 import json
 import logging
 import math
-import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .bm25 import Bm25Index, bm25_tokenize
+from .jsonl import PathLike, decode_utf8, iter_jsonl, iter_lines, require_field
 
 __all__ = [
     "BeirDataset",
@@ -50,8 +54,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike[str]
 
 
 @dataclass(frozen=True)
@@ -132,92 +134,9 @@ class BeirDataset:
         return {d for d, g in self.qrels.get(qid, {}).items() if g >= threshold}
 
 
-# ---------------------------------------------------------------------- low-level readers
-def decode_utf8(data: bytes, path: PathLike) -> str:
-    """``data`` (a whole file) as text: UTF-8, a leading byte-order mark dropped.
-
-    Raises:
-        ValueError: the bytes are not UTF-8 (e.g. latin-1 or cp1252); names the file, the
-            1-based line and the offending byte, and says how to convert the file.
-    """
-    start = 3 if data.startswith(codecs.BOM_UTF8) else 0
-    try:
-        return data[start:].decode("utf-8")
-    except UnicodeDecodeError as error:
-        offset = start + error.start
-        line = data.count(b"\n", 0, offset) + 1
-        column = offset - (data.rfind(b"\n", 0, offset) + 1) + 1
-        raise ValueError(_not_utf8(path, line, column, data[offset])) from None
-
-
-def _not_utf8(path: PathLike, line: int, column: int, byte: int) -> str:
-    return (
-        f"{path}:{line}: not valid UTF-8 (byte 0x{byte:02x} at column {column}); the file is "
-        "probably latin-1 or cp1252: convert it to UTF-8, e.g. "
-        f"`iconv -f latin1 -t utf-8 {Path(path).name} > fixed.jsonl`"
-    )
-
-
-def iter_lines(path: PathLike) -> Iterator[tuple[int, str]]:
-    """Yield ``(line_number, text)`` for each line of a UTF-8 text file (line end removed).
-
-    A UTF-8 byte-order mark at the start is dropped (files saved by Windows tools often have
-    one).
-
-    Raises:
-        ValueError: a line is not valid UTF-8 (names the file, the line and the byte).
-    """
-    path = Path(path)
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if number == 1 and raw.startswith(codecs.BOM_UTF8):
-                raw = raw[3:]
-            try:
-                text = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise ValueError(
-                    _not_utf8(path, number, error.start + 1, raw[error.start])
-                ) from None
-            yield number, text.rstrip("\r\n")
-
-
-def iter_jsonl(path: PathLike) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield ``(line_number, object)`` for each non-blank line of a JSON-lines file.
-
-    The file is UTF-8 (a leading byte-order mark is accepted).
-
-    Raises:
-        ValueError: a line is not valid UTF-8, not valid JSON or not a JSON object (names file
-            and line).
-    """
-    for number, line in iter_lines(path):
-        if not line.strip():
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: invalid JSON ({error.msg})") from None
-        if not isinstance(value, dict):
-            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(value).__name__}")
-        yield number, value
-
-
-def _field(row: Mapping[str, Any], name: str, kind: type | tuple[type, ...], where: str) -> Any:
-    if name not in row:
-        raise ValueError(f"{where}: missing field {name!r}")
-    value = row[name]
-    if not isinstance(value, kind) or isinstance(value, bool):
-        expected = (
-            kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        )
-        raise ValueError(
-            f"{where}: field {name!r} must be {expected}, got {type(value).__name__} {value!r:.60}"
-        )
-    return value
-
-
+# ---------------------------------------------------------------------- field readers
 def _id(row: Mapping[str, Any], name: str, where: str) -> str:
-    value = _field(row, name, (str, int), where)
+    value = require_field(row, name, (str, int), where)
     text = str(value)
     if not text.strip():
         raise ValueError(f"{where}: field {name!r} is empty")
@@ -225,7 +144,7 @@ def _id(row: Mapping[str, Any], name: str, where: str) -> str:
 
 
 def _id_list(row: Mapping[str, Any], name: str, where: str) -> tuple[str, ...]:
-    values = _field(row, name, list, where)
+    values = require_field(row, name, list, where)
     out = []
     for i, value in enumerate(values):
         if not isinstance(value, (str, int)) or isinstance(value, bool):
@@ -246,7 +165,7 @@ def load_corpus(path: PathLike) -> dict[str, Document]:
     for number, row in iter_jsonl(path):
         where = f"{path}:{number}"
         doc_id = _id(row, "_id", where)
-        text = _field(row, "text", str, where)
+        text = require_field(row, "text", str, where)
         title = row.get("title") or ""
         if not isinstance(title, str):
             raise ValueError(f"{where}: field 'title' must be str, got {type(title).__name__}")
@@ -277,7 +196,7 @@ def load_queries(path: PathLike, ids: set[str] | None = None) -> dict[str, Query
         seen[qid] = number
         if ids is not None and qid not in ids:
             continue
-        text = _field(row, "text", str, where)
+        text = require_field(row, "text", str, where)
         if not text.strip():
             raise ValueError(f"{where}: field 'text' is empty for query {qid!r}")
         queries[qid] = Query(qid, text)
@@ -464,126 +383,3 @@ def write_beir(
             for row in rows:
                 handle.write(json.dumps(dict(row), ensure_ascii=False) + "\n")
     return root
-
-
-# ---------------------------------------------------------------------- BM25
-_CJK = "\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\u3040-\u30ff\uac00-\ud7af"
-_TOKEN = re.compile(rf"[{_CJK}]|[^\W{_CJK}]+", re.UNICODE)
-_CJK_CHAR = re.compile(rf"[{_CJK}]")
-
-
-def bm25_tokenize(text: str, stopwords: frozenset[str] | set[str] = frozenset()) -> list[str]:
-    """Lower-cased word tokens; Chinese, Japanese and Korean text gives character unigrams
-    plus bigrams (those scripts have no spaces between words). Single ASCII letters and
-    ``stopwords`` are dropped.
-
-    >>> bm25_tokenize("BM25 ranks 头痛怎么办")
-    ['bm25', 'ranks', '头', '痛', '怎', '么', '办', '头痛', '痛怎', '怎么', '么办']
-    """
-    tokens = _TOKEN.findall(text.lower())
-    cjk = [t for t in tokens if _CJK_CHAR.fullmatch(t)]
-    bigrams: list[str] = []
-    prev: str | None = None
-    for token in tokens:
-        is_cjk = _CJK_CHAR.fullmatch(token) is not None
-        if is_cjk and prev is not None:
-            bigrams.append(prev + token)
-        prev = token if is_cjk else None
-    words = [
-        t for t in tokens if (len(t) > 1 or not t.isascii() or t.isdigit()) and t not in stopwords
-    ]
-    if not cjk:
-        return words
-    return words + bigrams
-
-
-class Bm25Index:
-    """BM25 (``bm25s``, Lucene variant) over a set of documents rendered to text.
-
-    Args:
-        ids: document ids, in the order of ``texts``.
-        texts: the document texts (e.g. title + text via a ``PassageTemplate``).
-        k1, b: the BM25 parameters.
-
-    >>> index = Bm25Index(["a", "b"], ["cats purr", "dogs bark loudly"])  # doctest: +SKIP
-    >>> index.search("dogs", k=1)  # doctest: +SKIP
-    [('b', 0.46)]
-    """
-
-    def __init__(
-        self, ids: Sequence[str], texts: Sequence[str], *, k1: float = 1.5, b: float = 0.75
-    ) -> None:
-        try:
-            import bm25s
-        except ImportError as error:
-            raise ImportError(
-                "BM25 needs the 'bm25s' package: pip install 'bge-rerank-plugins[eval]'"
-            ) from error
-        if len(ids) != len(texts):
-            raise ValueError(f"ids and texts differ in length ({len(ids)} != {len(texts)})")
-        if not ids:
-            raise ValueError("Bm25Index needs at least one document")
-        from bm25s.stopwords import STOPWORDS_EN
-
-        self._stopwords = frozenset(STOPWORDS_EN)
-        self.ids = list(ids)
-        self._position = {doc_id: i for i, doc_id in enumerate(self.ids)}
-        tokens = [bm25_tokenize(t, self._stopwords) or ["\x00empty"] for t in texts]
-        self._retriever = bm25s.BM25(k1=k1, b=b)
-        # bm25s pins its logger at DEBUG, which floods applications that log at INFO or
-        # lower; quieten it while indexing only.
-        bm25s_logger = logging.getLogger("bm25s")
-        level = bm25s_logger.level
-        bm25s_logger.setLevel(max(level, logging.WARNING))
-        try:
-            self._retriever.index(tokens, show_progress=False)
-        finally:
-            bm25s_logger.setLevel(level)
-
-    @classmethod
-    def from_corpus(
-        cls, corpus: Mapping[str, Document], template: Any = None, **params: float
-    ) -> Bm25Index:
-        """Index a loaded corpus; ``template`` (default title + text) renders each document."""
-        from .fields import PassageTemplate
-
-        tpl = (
-            template
-            if isinstance(template, PassageTemplate)
-            else PassageTemplate(template or ("title", "text"))
-        )
-        ids = list(corpus)
-        return cls(ids, [tpl.render(corpus[i]) for i in ids], **params)
-
-    def scores(self, query: str) -> Any:
-        """BM25 score of every indexed document for ``query`` (a numpy array in ``ids`` order)."""
-        tokens = bm25_tokenize(query, self._stopwords)
-        if not tokens:  # nothing to match (e.g. only stopwords): every score is 0
-            import numpy as np
-
-            return np.zeros(len(self.ids), dtype=np.float32)
-        return self._retriever.get_scores(tokens)
-
-    def search(self, query: str, k: int = 100) -> list[tuple[str, float]]:
-        """The ``k`` best ``(doc_id, score)`` pairs, best first; ties keep index order.
-
-        Documents with score 0 (no query term in common) are not returned.
-        """
-        import numpy as np
-
-        scores = self.scores(query)
-        k = min(k, len(self.ids))
-        top = np.argpartition(-scores, k - 1)[:k] if k < len(self.ids) else np.arange(len(self.ids))
-        order = sorted(top.tolist(), key=lambda i: (-float(scores[i]), i))
-        return [(self.ids[i], float(scores[i])) for i in order if scores[i] > 0]
-
-    def rerank(self, query: str, ids: Sequence[str]) -> list[str]:
-        """``ids`` sorted by BM25 score for ``query``, best first; ties keep the given order."""
-        scores = self.scores(query)
-        positions = []
-        for doc_id in ids:
-            if doc_id not in self._position:
-                raise KeyError(f"document {doc_id!r} is not in the BM25 index")
-            positions.append(self._position[doc_id])
-        order = sorted(range(len(ids)), key=lambda j: (-float(scores[positions[j]]), j))
-        return [ids[j] for j in order]

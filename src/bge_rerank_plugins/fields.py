@@ -16,9 +16,16 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
-__all__ = ["DEFAULT_FIELDS", "PassageTemplate", "get_field", "passage_to_text"]
+__all__ = [
+    "DEFAULT_FIELDS",
+    "PassageTemplate",
+    "as_template",
+    "best_first",
+    "get_field",
+    "passage_to_text",
+]
 
 #: Fields used for a record when no template is given.
 DEFAULT_FIELDS: tuple[str, ...] = ("title", "text")
@@ -148,6 +155,69 @@ class PassageTemplate:
 
 
 _DEFAULT_TEMPLATE = PassageTemplate()
+
+TemplateSpec = str | Sequence[str] | PassageTemplate
+
+
+@overload
+def as_template(template: TemplateSpec | None, default: TemplateSpec = ...) -> PassageTemplate: ...
+@overload
+def as_template(template: TemplateSpec | None, default: None) -> PassageTemplate | None: ...
+def as_template(
+    template: TemplateSpec | None, default: TemplateSpec | None = DEFAULT_FIELDS
+) -> PassageTemplate | None:
+    """``template`` as a :class:`PassageTemplate`; ``None`` gives ``default`` (title + text).
+
+    The one place that turns what users pass as ``template=`` (a format string, a list of field
+    names, a ``PassageTemplate`` or ``None``) into a template. ``default=None`` keeps ``None``
+    for "no template" (the scorer's convention: strings pass through, records use title and
+    text). A list of field names is stored as a tuple, so the template can be hashed.
+
+    >>> as_template(None).fields
+    ('title', 'text')
+    >>> as_template("{title}: {text}").render({"title": "T", "text": "body"})
+    'T: body'
+    >>> t = PassageTemplate(["text"]); as_template(t) is t
+    True
+    >>> as_template(None, default=None) is None
+    True
+    >>> as_template(3)
+    Traceback (most recent call last):
+    ...
+    TypeError: template must be a format string, a list of field names or a PassageTemplate, got int
+
+    Raises:
+        TypeError: ``template`` is of another type.
+        ValueError: the string or list names no field (see :class:`PassageTemplate`).
+    """
+    if template is None:
+        if default is None:
+            return None
+        template = default
+    if isinstance(template, PassageTemplate):
+        return template
+    if isinstance(template, str):
+        return PassageTemplate(template)
+    if isinstance(template, Sequence):
+        return PassageTemplate(tuple(template))  # a tuple, so the template can be hashed
+    raise TypeError(
+        f"template must be a format string, a list of field names or a PassageTemplate, "
+        f"got {type(template).__name__}"
+    )
+
+
+def best_first(scores: Sequence[float]) -> list[int]:
+    """Indices of ``scores`` from the highest score to the lowest; equal scores keep input order.
+
+    The one definition of "best first with stable ties" used for every ranking, so that a
+    constant scorer leaves any input order unchanged.
+
+    >>> best_first([0.2, 0.9, 0.2, 0.5])
+    [1, 3, 0, 2]
+    >>> best_first([])
+    []
+    """
+    return sorted(range(len(scores)), key=lambda i: (-scores[i], i))
 
 
 def passage_to_text(passage: Any, template: PassageTemplate | None, index: int) -> str:
