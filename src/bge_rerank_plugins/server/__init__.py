@@ -9,7 +9,15 @@ Needs the ``serve`` extra (``pip install "bge-rerank-plugins[serve]"``). Start i
 
 from __future__ import annotations
 
-from .app import API_KEY_ENV, ApiError, ServerConfig, create_app, run_server
+from .app import (
+    API_KEY_ENV,
+    ApiError,
+    ModelLoadError,
+    ServerConfig,
+    build_server,
+    create_app,
+    run_server,
+)
 from .batcher import BatchStats, DynamicBatcher
 
 __all__ = [
@@ -17,7 +25,9 @@ __all__ = [
     "ApiError",
     "BatchStats",
     "DynamicBatcher",
+    "ModelLoadError",
     "ServerConfig",
+    "build_server",
     "create_app",
     "run_server",
 ]
