@@ -451,7 +451,7 @@ def test_resume_after_sigkill_continues_the_global_step(tiny_bert: Path, tmp_pat
 
 
 def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path: Path) -> None:
-    from bge_rerank_plugins.finetune.engine import _latest_checkpoint
+    from bge_rerank_plugins.finetune.trainer import latest_checkpoint
 
     for step, complete in [(2, True), (4, True), (6, False)]:
         folder = tmp_path / f"checkpoint-{step}"
@@ -459,5 +459,5 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path: Path) -> None:
         (folder / "model.safetensors").write_bytes(b"x")
         if complete:
             (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    assert _latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
-    assert _latest_checkpoint(tmp_path / "missing") is None
+    assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+    assert latest_checkpoint(tmp_path / "missing") is None

@@ -9,7 +9,11 @@ Everything here is imported lazily (``import bge_rerank_plugins.finetune`` loads
   BM25, a dense bi-encoder, or a cross-encoder).
 * :mod:`~bge_rerank_plugins.finetune.teachers`: teacher scores from a bi-encoder, for
   ``loss="distill"``.
-* :mod:`~bge_rerank_plugins.finetune.engine`: :class:`CrossEncoderFinetuneEngine`.
+* :mod:`~bge_rerank_plugins.finetune.engine`: :class:`CrossEncoderFinetuneEngine`, a facade
+  over :mod:`~bge_rerank_plugins.finetune.recipe` (:class:`FinetuneConfig`, the options),
+  :mod:`~bge_rerank_plugins.finetune.grouping` (training datasets),
+  :mod:`~bge_rerank_plugins.finetune.modeling` (the base model) and
+  :mod:`~bge_rerank_plugins.finetune.trainer` (the training loop's parts).
 
 >>> from bge_rerank_plugins.finetune import TrainingGroup
 >>> TrainingGroup("q", positives=("a",), negatives=("b", "c")).size
@@ -37,6 +41,8 @@ _EXPORTS = {
     "select_negatives": "negatives",
     "NegativeMiningConfig": "negatives",
     "CrossEncoderFinetuneEngine": "engine",
+    "FinetuneConfig": "recipe",
+    "FinetuneResult": "recipe",
     "biencoder_teacher_scores": "teachers",
 }
 

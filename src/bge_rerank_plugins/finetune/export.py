@@ -46,7 +46,14 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MARKER", "atomic_model_dir", "check_output_dir", "export_model", "recover_model_dir"]
+__all__ = [
+    "MARKER",
+    "atomic_model_dir",
+    "check_output_dir",
+    "export_model",
+    "push_model_dir",
+    "recover_model_dir",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -263,3 +270,31 @@ def export_model(
             (tmp / name).write_text(text, encoding="utf-8")
     logger.info("Saved the fine-tuned model to %s", path)
     return Path(path)
+
+
+def push_model_dir(path: str | os.PathLike[str], repo_id: str) -> str:
+    """Upload the model folder ``path`` to the Hub repository ``repo_id``; returns its URL.
+
+    Raises:
+        RuntimeError: no model in ``path``, offline (``HF_HUB_OFFLINE``), or the upload failed.
+    """
+    from ..loading import hub_offline
+
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
+        raise RuntimeError(f"No fine-tuned model in {folder}: call finetune() first.")
+    if hub_offline():
+        raise RuntimeError(
+            "Cannot push to the Hub: HF_HUB_OFFLINE is set. Unset it, log in with "
+            "`hf auth login`, then call push_to_hub again (or upload the folder "
+            f"{folder} yourself)."
+        )
+    from huggingface_hub import HfApi
+
+    api = HfApi()
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(repo_id=repo_id, folder_path=str(folder))
+    except Exception as error:
+        raise RuntimeError(f"push_to_hub({repo_id!r}) failed: {error}") from error
+    return f"https://huggingface.co/{repo_id}"
