@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "CrossEncoderScorer": "scorer",
     "Ranked": "scorer",
-    "DEFAULT_MODEL": "scorer",
+    "DEFAULT_MODEL": "config",
+    "ScorerConfig": "config",
     "PassageTemplate": "fields",
     "ScoreCache": "score_cache",
     "ModelNotFoundError": "errors",
@@ -52,6 +53,7 @@ __all__ = [
     "Ranked",
     "RerankerError",
     "ScoreCache",
+    "ScorerConfig",
     "__version__",
     "clear_model_cache",
     "evaluate_models",
@@ -61,6 +63,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
+    from .config import DEFAULT_MODEL, ScorerConfig
     from .errors import (
         DeviceUnavailableError,
         ModelFilesError,
@@ -71,7 +74,7 @@ if TYPE_CHECKING:
     from .fields import PassageTemplate
     from .loading import clear_model_cache
     from .score_cache import ScoreCache
-    from .scorer import DEFAULT_MODEL, CrossEncoderScorer, Ranked
+    from .scorer import CrossEncoderScorer, Ranked
 
 
 def __getattr__(name: str) -> Any:

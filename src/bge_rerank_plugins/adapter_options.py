@@ -1,8 +1,8 @@
 """Options shared by the framework adapters, and the one place that turns them into a scorer.
 
 :class:`ScorerOptions` holds what it takes to load a :class:`~bge_rerank_plugins.CrossEncoderScorer`
-(model, device, precision, batch size, max length, normalize, backend) or an existing
-``scorer`` to share.
+(the fields of :class:`~bge_rerank_plugins.config.ScorerConfig`: model, device, dtype, lengths,
+batch size, normalize, cache, backend...) or an existing ``scorer`` to share.
 :class:`RerankOptions` adds what a reranking step decides (``top_n``, ``score_threshold``, a
 ``template`` over text and metadata). The LlamaIndex postprocessor
 (:class:`~bge_rerank_plugins.llama_index.BGEReranker`) and the LangChain classes
@@ -30,7 +30,7 @@ import math
 import os
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 from pydantic import (
     BaseModel,
@@ -42,22 +42,27 @@ from pydantic import (
     model_validator,
 )
 
+from .backends import BACKENDS
+from .config import DEFAULT_MODEL, SCORER_CONFIG_FIELDS, ScorerConfig, dtype_from_use_fp16
 from .fields import PassageTemplate
-from .scorer import DEFAULT_MODEL, CrossEncoderScorer
+from .scorer import CrossEncoderScorer
 
 __all__ = ["LOADING_OPTIONS", "RerankOptions", "ScorerOptions", "build_scorer"]
 
 logger = logging.getLogger(__name__)
 
-#: Options that only matter when the adapter loads its own model (not with ``scorer=``).
-LOADING_OPTIONS = (
-    "device",
-    "use_fp16",
-    "batch_size",
-    "max_length",
-    "backend",
-    "trust_remote_code",
-)
+# ScorerConfig fields an adapter applies itself, not passed to the scorer: RerankOptions.template
+# renders a node's or document's text and metadata, so the scorer only ever sees strings.
+_APPLIED_BY_THE_ADAPTER = ("template",)
+
+#: Options that only matter when the adapter loads its own model (not with ``scorer=``): every
+#: ScorerConfig field but ``model`` (checked against the shared scorer's), ``normalize`` (applied
+#: per call) and ``template``, plus ``use_fp16``.
+_PER_ADAPTER = ("model", "normalize", *_APPLIED_BY_THE_ADAPTER)
+LOADING_OPTIONS = ("use_fp16", *(name for name in SCORER_CONFIG_FIELDS if name not in _PER_ADAPTER))
+
+# The backend names as a Literal built from the one list (the JSON schema lists them).
+BackendName = Literal[BACKENDS]  # type: ignore[valid-type]
 
 # Two threads asking one adapter for its scorer at once must not load it twice.
 _build_lock = threading.Lock()
@@ -76,27 +81,26 @@ def build_scorer(options: ScorerOptions) -> CrossEncoderScorer:
         A new scorer (its weights possibly shared with other scorers).
     """
     logger.debug("Creating the scorer for model=%r", options.model)
-    return CrossEncoderScorer(
-        options.model,
-        device=options.device,
-        use_fp16=options.use_fp16,
-        batch_size=options.batch_size,
-        max_length=options.max_length,
-        normalize=options.normalize,
-        backend=options.backend,
-        trust_remote_code=options.trust_remote_code,
-    )
+    return CrossEncoderScorer.from_config(options.scorer_config())
 
 
 class ScorerOptions(BaseModel):
     """Which cross-encoder to run and how: the fields every adapter shares.
 
-    Pass ``scorer=`` to reuse an already loaded :class:`CrossEncoderScorer` (one model for
-    LlamaIndex and LangChain in the same process); the loading options are then the scorer's
-    own, and setting them as well is an error.
+    The fields are those of :class:`~bge_rerank_plugins.config.ScorerConfig`, with the same
+    names, defaults and checks (plus ``use_fp16``, FlagEmbedding's spelling of
+    ``dtype="float16"``). Pass ``scorer=`` to reuse an already loaded
+    :class:`CrossEncoderScorer` (one model for LlamaIndex and LangChain in the same process);
+    the loading options are then the scorer's own, and setting them as well is an error.
     """
 
     model_config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+
+    #: ScorerConfig fields these options do not expose, each for a reason (checked by
+    #: tests/test_config.py): ``template`` -- scoring (query, passage) text pairs, as LangChain's
+    #: ``CrossEncoderReranker`` does, has no records to render; the reranking adapters add it
+    #: (:class:`RerankOptions`), and a scorer built with ``template=`` can be shared instead.
+    SCORER_CONFIG_EXCLUDED: ClassVar[tuple[str, ...]] = ("template",)
 
     model: str = Field(
         default=DEFAULT_MODEL,
@@ -106,9 +110,15 @@ class ScorerOptions(BaseModel):
         default=None,
         description="Device such as 'cpu', 'cuda', 'cuda:1' or 'mps'; None picks the best one.",
     )
+    dtype: str = Field(
+        default="auto",
+        description="Precision: 'auto' (float16 on CUDA, float32 elsewhere), 'float32', "
+        "'float16' or 'bfloat16' (half precision on CPUs that have it).",
+    )
     use_fp16: StrictBool | None = Field(
         default=None,
-        description="Run in float16; None means float16 on CUDA and float32 elsewhere.",
+        description="FlagEmbedding's spelling of dtype='float16' (False: float32); None leaves "
+        "the choice to dtype.",
     )
     batch_size: int | None = Field(
         default=None, ge=1, description="Most pairs per forward pass (None: 8 on CPU, 32 on GPU)."
@@ -118,15 +128,34 @@ class ScorerOptions(BaseModel):
         description="Most tokens per (query, passage) pair; None is the model's limit (at most "
         "512), 'auto' fits each call's lengths. The passage is truncated, never the query.",
     )
+    query_max_length: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most tokens kept of the query (None: half of max_length); the passage is "
+        "what gets truncated.",
+    )
+    token_budget: int | None = Field(
+        default=None,
+        ge=1,
+        description="Most padded tokens per forward pass (None: batch_size times the longest "
+        "pair).",
+    )
     normalize: StrictBool = Field(
         default=True,
         description="True: sigmoid scores in [0, 1]; False: raw logits.",
     )
-    backend: Literal["torch", "onnx", "torch-int8", "onnx-int8"] = Field(
+    cache_size: int = Field(
+        default=0,
+        ge=0,
+        description="Raw scores kept in an LRU cache keyed by model and text (0: no cache).",
+    )
+    backend: BackendName = Field(
         default="torch",
         description="'torch' (exact), 'onnx' (exact, needs the onnx extra), 'torch-int8' or "
-        "'onnx-int8' (approximate int8 scores, about 2-3x faster on CPU; see the Benchmarks "
-        "page).",
+        "'onnx-int8' (approximate int8 scores, faster on CPU; see the Benchmarks page).",
+    )
+    revision: str | None = Field(
+        default=None, description="Hub revision (branch, tag or commit) of the model."
     )
     trust_remote_code: StrictBool = Field(
         default=False, description="Allow custom model code from the Hub."
@@ -146,13 +175,26 @@ class ScorerOptions(BaseModel):
             return os.fspath(value)
         return value
 
-    @field_validator("batch_size", "max_length", mode="before")
+    @field_validator(
+        "batch_size", "max_length", "query_max_length", "token_budget", "cache_size", mode="before"
+    )
     @classmethod
     def _no_bool_counts(cls, value: Any, info: Any) -> Any:
         # pydantic reads True as 1: a flag passed where a count belongs.
         if isinstance(value, bool):
-            raise ValueError(f"{info.field_name} must be an int or None, not a bool ({value!r})")
+            kind = "an int" if info.field_name == "cache_size" else "an int or None"
+            raise ValueError(f"{info.field_name} must be {kind}, not a bool ({value!r})")
         return value
+
+    @model_validator(mode="after")
+    def _check_scorer_options(self) -> ScorerOptions:
+        # The scorer's own checks, now rather than at the first query (nothing is loaded).
+        if self.scorer is None:
+            try:
+                self.scorer_config()
+            except TypeError as error:
+                raise ValueError(str(error)) from None
+        return self
 
     @model_validator(mode="after")
     def _adopt_shared_scorer(self) -> ScorerOptions:
@@ -197,6 +239,26 @@ class ScorerOptions(BaseModel):
                 memo[id(scorer)] = scorer
         return super().__deepcopy__(memo)
 
+    def scorer_config(self) -> ScorerConfig:
+        """The :class:`~bge_rerank_plugins.config.ScorerConfig` of the scorer in use.
+
+        With ``scorer=`` it is that scorer's config; otherwise the one these options describe
+        (what :func:`build_scorer` loads; ``use_fp16`` folded into ``dtype``).
+
+        >>> ScorerOptions(dtype="bfloat16", batch_size=16).scorer_config().dtype
+        'bfloat16'
+        """
+        if self.scorer is not None:
+            return self.scorer.config
+        fields = type(self).model_fields
+        values = {
+            name: getattr(self, name)
+            for name in SCORER_CONFIG_FIELDS
+            if name in fields and name not in _APPLIED_BY_THE_ADAPTER
+        }
+        values["dtype"] = dtype_from_use_fp16(self.dtype, self.use_fp16)
+        return ScorerConfig(**values)
+
     def get_scorer(self) -> CrossEncoderScorer:
         """The scorer in use: the shared one, or the one loaded on first call.
 
@@ -214,6 +276,9 @@ class ScorerOptions(BaseModel):
 
 class RerankOptions(ScorerOptions):
     """:class:`ScorerOptions` plus what a reranking step keeps and what text it scores."""
+
+    #: Every ScorerConfig field is exposed (``template`` is applied by the adapter itself).
+    SCORER_CONFIG_EXCLUDED: ClassVar[tuple[str, ...]] = ()
 
     top_n: int | None = Field(
         default=3,

@@ -1,6 +1,10 @@
 """The ``bge-rerank`` command line: subcommands that compose the library; no logic of their own.
 
-Each subcommand is registered by an ``_add_<name>`` function below.
+Each subcommand is registered by an ``_add_<name>`` function below. The options that say how a
+model is loaded and run (``--model``, ``--device``, ``--dtype``, ``--max-length``,
+``--backend``...) are the fields of :class:`~bge_rerank_plugins.config.ScorerConfig`, added by
+:func:`add_scorer_arguments` from one table and read back by :func:`scorer_config_from_args`, so
+they are spelled, typed and documented the same in every subcommand.
 
     bge-rerank score --model DIR --query "..." passage1 passage2 ...
 """
@@ -13,9 +17,22 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import fields
+from typing import Any
 
-__all__ = ["main", "max_length_arg", "port_arg", "positive_int"]
+from .config import DEFAULT_MODEL, SCORER_CONFIG_FIELDS, ScorerConfig
+
+__all__ = [
+    "SCORER_CONFIG_EXCLUDED",
+    "add_scorer_arguments",
+    "main",
+    "max_length_arg",
+    "non_negative_int",
+    "port_arg",
+    "positive_int",
+    "scorer_config_from_args",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +50,17 @@ def positive_int(value: str) -> int:
         ) from None
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """An int >= 0 (``--cache-size``)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
     return number
 
 
@@ -64,6 +92,18 @@ def max_length_arg(value: str) -> int | str:
     return number
 
 
+def _template_arg(value: str) -> str:
+    """``--template``: a format string over record fields; a typed ``\\n`` is a newline."""
+    from .fields import PassageTemplate
+
+    template = value.replace("\\n", "\n")
+    try:
+        PassageTemplate(template)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    return template
+
+
 def _ks_arg(value: str) -> tuple[int, ...]:
     """``--ks``: comma-separated positive cut-offs such as ``1,3,10``."""
     try:
@@ -86,44 +126,160 @@ def _debug_flag(parser: argparse.ArgumentParser, default: object = False) -> Non
     )
 
 
+# ---------------------------------------------------------------- scorer options
+#: ScorerConfig fields a subcommand does not offer as options, each for a reason (checked by
+#: tests/test_config.py, which fails when a new ScorerConfig field is in neither list).
+SCORER_CONFIG_EXCLUDED: dict[str, tuple[str, ...]] = {
+    # Passages on the command line are plain text: no records to render. One call per
+    # process: a cache would never be hit.
+    "score": ("template", "cache_size"),
+    # Metrics depend on the order only, which the sigmoid keeps. Each pair is scored once per
+    # model: a cache would only cost memory.
+    "evaluate": ("normalize", "cache_size"),
+}
+
+
+def _scorer_arguments() -> dict[str, tuple[str, dict[str, Any]]]:
+    """ScorerConfig field -> (option, ``add_argument`` keywords); ``dest`` is the field name."""
+    from .backends import BACKENDS
+    from .loading import DTYPES
+
+    return {
+        "model": ("--model", {"help": f"Hub id or directory (default {DEFAULT_MODEL})"}),
+        "device": ("--device", {"help": "cpu, cuda, cuda:N or mps (default: the best available)"}),
+        "dtype": (
+            "--dtype",
+            {
+                "choices": DTYPES,
+                "help": "precision; auto is float16 on CUDA and float32 elsewhere",
+            },
+        ),
+        "max_length": (
+            "--max-length",
+            {
+                "type": max_length_arg,
+                "help": "most tokens per pair: an int >= 8 or 'auto' (default: the model's "
+                "limit, at most 512)",
+            },
+        ),
+        "query_max_length": (
+            "--query-max-length",
+            {
+                "type": positive_int,
+                "help": "most tokens kept of the query (default: half of --max-length)",
+            },
+        ),
+        "batch_size": (
+            "--batch-size",
+            {"type": positive_int, "help": "most pairs per pass (default 8 CPU, 32 GPU)"},
+        ),
+        "token_budget": (
+            "--token-budget",
+            {
+                "type": positive_int,
+                "help": "most padded tokens per pass (default: batch size x longest pair)",
+            },
+        ),
+        "normalize": (
+            "--raw",
+            {"action": "store_false", "help": "raw logits instead of sigmoid scores in [0, 1]"},
+        ),
+        "template": (
+            "--template",
+            {
+                "type": _template_arg,
+                "help": "record fields scored as the passage, e.g. '{title}\\n{text}' (the "
+                "default)",
+            },
+        ),
+        "cache_size": (
+            "--cache-size",
+            {"type": non_negative_int, "help": "raw scores kept in an LRU cache (default 0: none)"},
+        ),
+        "backend": (
+            "--backend",
+            {
+                "choices": BACKENDS,
+                "help": "torch (exact), onnx (exact, needs the onnx extra), torch-int8 or "
+                "onnx-int8 (approximate int8 scores, faster on CPU; see docs/benchmarks.md)",
+            },
+        ),
+        "revision": ("--revision", {"help": "Hub revision of the model (branch, tag or commit)"}),
+        "trust_remote_code": (
+            "--trust-remote-code",
+            {"action": "store_true", "help": "run custom model code from the model repository"},
+        ),
+    }
+
+
+def add_scorer_arguments(
+    parser: argparse.ArgumentParser, *, exclude: Collection[str] = ()
+) -> tuple[str, ...]:
+    """Add an option for each :class:`~bge_rerank_plugins.config.ScorerConfig` field.
+
+    Each option's ``dest`` is the field name and its default is the field's default, so
+    :func:`scorer_config_from_args` reads them back. ``normalize`` is spelled ``--raw``.
+
+    Args:
+        parser: the subcommand's parser.
+        exclude: fields the subcommand does not offer, or offers with an option of its own
+            (``evaluate``'s repeatable ``--model``).
+
+    Returns:
+        The fields that got an option, in ScorerConfig's order.
+
+    >>> parser = argparse.ArgumentParser()
+    >>> added = add_scorer_arguments(parser, exclude=("template", "cache_size"))
+    >>> scorer_config_from_args(parser.parse_args(["--dtype", "bfloat16", "--raw"]))
+    ... # doctest: +ELLIPSIS
+    ScorerConfig(model='BAAI/bge-reranker-v2-m3', device=None, dtype='bfloat16', ...)
+    """
+    unknown = set(exclude) - set(SCORER_CONFIG_FIELDS)
+    if unknown:
+        raise ValueError(f"exclude names no ScorerConfig field: {sorted(unknown)}")
+    table = _scorer_arguments()
+    defaults = {f.name: f.default for f in fields(ScorerConfig)}
+    added = []
+    for name in SCORER_CONFIG_FIELDS:
+        if name in exclude or name not in table:
+            continue
+        option, keywords = table[name]
+        parser.add_argument(option, dest=name, default=defaults[name], **keywords)
+        added.append(name)
+    return tuple(added)
+
+
+def scorer_config_from_args(args: argparse.Namespace, **overrides: Any) -> ScorerConfig:
+    """The :class:`~bge_rerank_plugins.config.ScorerConfig` of parsed options.
+
+    Reads every attribute of ``args`` named like a ScorerConfig field (those
+    :func:`add_scorer_arguments` added); ``overrides`` win (``model=`` for a subcommand that
+    takes several models).
+    """
+    values = {name: getattr(args, name) for name in SCORER_CONFIG_FIELDS if hasattr(args, name)}
+    values.update(overrides)
+    return ScorerConfig(**values)
+
+
 def _add_score(sub: argparse._SubParsersAction) -> None:
     parser = sub.add_parser("score", help="score and rank passages against one query")
-    parser.add_argument("--model", default="BAAI/bge-reranker-v2-m3", help="Hub id or directory")
     parser.add_argument("--query", required=True)
     parser.add_argument("passages", nargs="+", help="passages to rank")
     parser.add_argument("--top-k", type=positive_int, default=None)
-    parser.add_argument("--raw", action="store_true", help="print raw logits, not sigmoid scores")
-    parser.add_argument(
-        "--max-length", type=max_length_arg, default=None, help="an int >= 8 or 'auto'"
-    )
-    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:N or mps (default: best)")
-    _add_backend(parser)
+    add_scorer_arguments(parser, exclude=SCORER_CONFIG_EXCLUDED["score"])
     _debug_flag(parser, argparse.SUPPRESS)
     parser.set_defaults(handler=_run_score)
 
 
 def _add_backend(parser: argparse.ArgumentParser) -> None:
-    from .backends import BACKENDS
-
-    parser.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default="torch",
-        help="torch (exact), onnx (exact, needs the onnx extra), torch-int8 or onnx-int8 "
-        "(approximate, about 2x faster on CPU; see docs/benchmarks.md)",
-    )
+    option, keywords = _scorer_arguments()["backend"]
+    parser.add_argument(option, dest="backend", default="torch", **keywords)
 
 
 def _run_score(args: argparse.Namespace) -> int:
     from .scorer import CrossEncoderScorer
 
-    scorer = CrossEncoderScorer(
-        args.model,
-        device=args.device,
-        max_length=args.max_length,
-        normalize=not args.raw,
-        backend=args.backend,
-    )
+    scorer = CrossEncoderScorer.from_config(scorer_config_from_args(args))
     for ranked in scorer.rank(args.query, args.passages, top_k=args.top_k):
         print(
             json.dumps(
@@ -140,7 +296,7 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
         help="HTTP rerank server (TEI /rerank and Cohere /v1/rerank, /v2/rerank endpoints)",
         description="Needs the serve extra: pip install 'bge-rerank-plugins[serve]'.",
     )
-    parser.add_argument("--model", default="BAAI/bge-reranker-v2-m3", help="Hub id or directory")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="Hub id or directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
     parser.add_argument("--port", type=port_arg, default=8080)
     parser.add_argument("--device", default=None)
@@ -249,14 +405,17 @@ def _run_serve(args: argparse.Namespace) -> int:
         request_header_timeout_s=args.request_header_timeout or None,
         request_body_timeout_s=args.request_body_timeout or None,
     )
+    package_logger = logging.getLogger("bge_rerank_plugins")
+    previous_level = package_logger.level
     if args.log_level.lower() in ("info", "debug", "trace"):
         # A server's start-up lines (auth on or off, model loaded) belong on its log.
-        logging.getLogger("bge_rerank_plugins").setLevel(
-            logging.DEBUG if args.log_level.lower() != "info" else logging.INFO
-        )
-    # A model that fails to load stops the server: run_server raises ModelLoadError, which
-    # main() prints as one line with exit status 1.
-    run_server(config, host=args.host, port=args.port, log_level=args.log_level)
+        package_logger.setLevel(logging.INFO if args.log_level.lower() == "info" else logging.DEBUG)
+    try:
+        # A model that fails to load stops the server: run_server raises ModelLoadError, which
+        # main() prints as one line with exit status 1.
+        run_server(config, host=args.host, port=args.port, log_level=args.log_level)
+    finally:
+        package_logger.setLevel(previous_level)
     return 0
 
 
@@ -293,16 +452,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--relevance-threshold", type=float, default=1, help="lowest grade counted as relevant"
     )
-    parser.add_argument(
-        "--template", default=None, help="document fields, e.g. '{title}\\n{text}' (default)"
-    )
-    parser.add_argument(
-        "--max-length", type=max_length_arg, default=None, help="an int >= 8 or 'auto'"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=None, help="default 8 CPU, 32 GPU"
-    )
-    parser.add_argument("--device", default=None)
+    # --model is evaluate's own (repeatable, LABEL=MODEL); the rest are the common options.
+    add_scorer_arguments(parser, exclude=(*SCORER_CONFIG_EXCLUDED["evaluate"], "model"))
     parser.add_argument("--out", default=None, help="folder for table.md, metrics.json, chart.png")
     parser.add_argument("--no-chart", action="store_true", help="skip chart.png")
     _debug_flag(parser, argparse.SUPPRESS)
@@ -338,8 +489,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from .scorer import CrossEncoderScorer
 
     _check_out_dir(args.out)
-    max_length = args.max_length
-    template = args.template.replace("\\n", "\n") if args.template else None
+    template = args.template  # already a newline-decoded, checked format string (or None)
     ks = args.ks
     # The data first: a wrong --data or --split fails before any model is loaded.
     try:
@@ -349,13 +499,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     models: dict[str, CrossEncoderScorer] = {}
     for value in args.model:
         label, path = _model_arg(value)
-        scorer = CrossEncoderScorer(
-            path,
-            device=args.device,
-            max_length=max_length,
-            batch_size=args.batch_size,
-            template=template,
-        )
+        scorer = CrossEncoderScorer.from_config(scorer_config_from_args(args, model=path))
         label = label or os.path.basename(os.path.normpath(path)) or path
         while label in models:
             label += "'"

@@ -72,7 +72,9 @@ class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
         normalize: sigmoid scores in [0, 1] (default) or raw logits.
         template: score a text built from ``Document.metadata`` fields and the page content
             (field ``text``), e.g. ``"{title}\\n{text}"``; default: the page content alone.
-        device, use_fp16, batch_size, max_length, trust_remote_code: how the model runs.
+        device, dtype, use_fp16, max_length, query_max_length, batch_size, token_budget,
+            cache_size, backend, revision, trust_remote_code: how the model runs, as for
+            :class:`~bge_rerank_plugins.config.ScorerConfig`.
         scorer: an existing :class:`~bge_rerank_plugins.CrossEncoderScorer` to share.
 
     Each returned document carries ``metadata["relevance_score"]`` (a float).
@@ -172,8 +174,11 @@ class BGECrossEncoder(ScorerOptions, BaseCrossEncoder):
     """LangChain ``BaseCrossEncoder`` on the shared scorer, for ``CrossEncoderReranker``.
 
     Args:
-        model, device, use_fp16, batch_size, max_length, normalize, trust_remote_code, scorer:
-            as for :class:`BGERerankCompressor`.
+        model, normalize, scorer and the loading options (device, dtype, use_fp16,
+            max_length, query_max_length, batch_size, token_budget, cache_size, backend, revision,
+            trust_remote_code): as for :class:`BGERerankCompressor`. There is no ``template``:
+            the pairs are text already (share a scorer built with ``template=`` to render
+            ``Document`` passages differently).
 
     Example:
         >>> from langchain_classic.retrievers.document_compressors import CrossEncoderReranker

@@ -53,7 +53,9 @@ class BGEReranker(RerankOptions, BaseNodePostprocessor):
         template: score a text built from metadata fields and the node text instead, e.g.
             ``"{title}\\n{section}\\n{text}"`` or ``["title", "text"]``.
         keep_retrieval_score: copy the retriever's score to ``metadata["retrieval_score"]``.
-        device, use_fp16, batch_size, max_length, trust_remote_code: how the model runs.
+        device, dtype, use_fp16, max_length, query_max_length, batch_size, token_budget,
+            cache_size, backend, revision, trust_remote_code: how the model runs, as for
+            :class:`~bge_rerank_plugins.config.ScorerConfig`.
         scorer: an existing :class:`~bge_rerank_plugins.CrossEncoderScorer` to share.
 
     Example:

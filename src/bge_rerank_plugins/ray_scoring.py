@@ -11,43 +11,104 @@ Needs the ``ray`` extra (``pip install "bge-rerank-plugins[ray]"``).
 >>> ds = ray.data.from_items([{"query": "q", "passage": "p", "id": 1}])  # doctest: +SKIP
 >>> score_ray_dataset(ds, model="BAAI/bge-reranker-v2-m3").take_all()  # doctest: +SKIP
 [{'query': 'q', 'passage': 'p', 'id': 1, 'score': 0.02}]
+
+Every :class:`~bge_rerank_plugins.config.ScorerConfig` option reaches the actors: pass a whole
+``config=ScorerConfig(...)``, or ``model=``, ``normalize=``, ``model_batch_size=`` and the rest
+in ``scorer_options``. The options are checked on the driver, before any actor starts.
+
+>>> from bge_rerank_plugins.config import ScorerConfig
+>>> config = ScorerConfig(model="BAAI/bge-reranker-v2-m3", backend="torch-int8")
+>>> score_ray_dataset(ds, config=config, num_cpus=2)  # doctest: +SKIP
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from .scorer import DEFAULT_MODEL
+from .config import DEFAULT_MODEL, SCORER_CONFIG_FIELDS, ScorerConfig
 
 if TYPE_CHECKING:
     import numpy as np
     import ray.data
 
-__all__ = ["PairScorer", "score_ray_dataset"]
+__all__ = ["SCORER_OPTIONS", "PairScorer", "score_ray_dataset"]
 
-# Scorer options that can be passed through; anything else is rejected by name.
-_SCORER_OPTIONS = {
-    "device",
-    "dtype",
-    "max_length",
-    "query_max_length",
-    "token_budget",
-    "template",
-    "revision",
-    "trust_remote_code",
-}
+#: ScorerConfig fields with an argument of their own, and that argument's name.
+OWN_ARGUMENTS = {"model": "model", "normalize": "normalize", "batch_size": "model_batch_size"}
+
+#: The keys ``scorer_options`` accepts: every other ScorerConfig field (derived, never copied).
+SCORER_OPTIONS = frozenset(SCORER_CONFIG_FIELDS) - set(OWN_ARGUMENTS)
+
+#: ScorerConfig fields Ray does not pass to its actors (checked by tests/test_config.py): none.
+SCORER_CONFIG_EXCLUDED: tuple[str, ...] = ()
+
+# Ray's default pairs per forward pass (the scorer's own default is 8 on CPU, 32 on a GPU).
+_MODEL_BATCH_SIZE = 32
+
+
+def _scorer_config(
+    model: str | os.PathLike[str] | None,
+    normalize: bool | None,
+    model_batch_size: int | None,
+    scorer_options: Mapping[str, Any] | None,
+    config: ScorerConfig | None,
+) -> ScorerConfig:
+    """The config the actors load: ``config`` itself, or one built from the other arguments."""
+    if config is not None:
+        if not isinstance(config, ScorerConfig):
+            raise TypeError(
+                f"config must be a bge_rerank_plugins.ScorerConfig, got {type(config).__name__}"
+            )
+        given = [
+            name
+            for name, value in (
+                ("model", model),
+                ("normalize", normalize),
+                ("model_batch_size", model_batch_size),
+                ("scorer_options", scorer_options),
+            )
+            if value is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: config= already says how to score; pass these as "
+                "ScorerConfig fields (dataclasses.replace(config, ...)), or drop config=."
+            )
+        return config
+    if scorer_options is not None and not isinstance(scorer_options, Mapping):
+        raise TypeError(
+            f"scorer_options must be a dict of ScorerConfig fields, got "
+            f"{type(scorer_options).__name__}"
+        )
+    unknown = set(scorer_options or {}) - SCORER_OPTIONS
+    if unknown:
+        raise TypeError(
+            f"scorer_options has unknown keys {sorted(unknown)}; allowed: "
+            f"{sorted(SCORER_OPTIONS)} (model, batch size and normalize have their own "
+            "arguments)."
+        )
+    return ScorerConfig(
+        model=DEFAULT_MODEL if model is None else model,
+        normalize=True if normalize is None else normalize,
+        batch_size=_MODEL_BATCH_SIZE if model_batch_size is None else model_batch_size,
+        **(scorer_options or {}),
+    )
 
 
 class PairScorer:
     """The ``map_batches`` callable: holds one scorer, adds a score column to each batch.
 
     Args:
-        model: Hub id or model directory (must be readable on every worker node).
+        model: Hub id or model directory (must be readable on every worker node; default
+            ``BAAI/bge-reranker-v2-m3``).
         query_column, passage_column, score_column: column names.
-        normalize: sigmoid scores in [0, 1] (``True``) or raw logits.
-        model_batch_size: most pairs per forward pass inside the actor.
-        scorer_options: extra :class:`~bge_rerank_plugins.CrossEncoderScorer` arguments.
+        normalize: sigmoid scores in [0, 1] (``True``, the default) or raw logits.
+        model_batch_size: most pairs per forward pass inside the actor (default 32).
+        scorer_options: other :class:`~bge_rerank_plugins.config.ScorerConfig` fields.
+        config: a whole :class:`~bge_rerank_plugins.config.ScorerConfig` instead of the four
+            arguments above.
 
     Example:
         >>> import numpy as np
@@ -58,23 +119,23 @@ class PairScorer:
 
     def __init__(
         self,
-        model: str,
+        model: str | os.PathLike[str] | None = None,
         *,
         query_column: str = "query",
         passage_column: str = "passage",
         score_column: str = "score",
-        normalize: bool = True,
-        model_batch_size: int = 32,
+        normalize: bool | None = None,
+        model_batch_size: int | None = None,
         scorer_options: dict[str, Any] | None = None,
+        config: ScorerConfig | None = None,
     ) -> None:
         from .scorer import CrossEncoderScorer
 
+        config = _scorer_config(model, normalize, model_batch_size, scorer_options, config)
         self.query_column = query_column
         self.passage_column = passage_column
         self.score_column = score_column
-        self.scorer = CrossEncoderScorer(
-            model, batch_size=model_batch_size, normalize=normalize, **(scorer_options or {})
-        )
+        self.scorer = CrossEncoderScorer.from_config(config)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import numpy as np
@@ -96,17 +157,18 @@ class PairScorer:
 def score_ray_dataset(
     ds: ray.data.Dataset,
     *,
-    model: str | os.PathLike[str] = DEFAULT_MODEL,
+    model: str | os.PathLike[str] | None = None,
     query_column: str = "query",
     passage_column: str = "passage",
     score_column: str = "score",
     concurrency: int | tuple[int, int] = 1,
     batch_size: int = 256,
-    model_batch_size: int = 32,
-    normalize: bool = True,
+    model_batch_size: int | None = None,
+    normalize: bool | None = None,
     num_cpus: float | None = None,
     num_gpus: float | None = None,
     scorer_options: dict[str, Any] | None = None,
+    config: ScorerConfig | None = None,
 ) -> ray.data.Dataset:
     """Add a score column to a Ray Dataset of (query, passage[, id, ...]) rows.
 
@@ -115,7 +177,8 @@ def score_ray_dataset(
 
     Args:
         ds: the dataset; one row per (query, passage) pair.
-        model: Hub id or model directory (a path must exist on every node).
+        model: Hub id or model directory (a path must exist on every node; default
+            ``BAAI/bge-reranker-v2-m3``).
         query_column, passage_column: input columns; passages may be strings or records
             (dicts, rendered with ``scorer_options={"template": ...}``).
         score_column: name of the added column.
@@ -123,11 +186,18 @@ def score_ray_dataset(
             autoscaling pool.
         batch_size: rows handed to an actor per call (the actor length-sorts them and runs
             forward passes of at most ``model_batch_size`` pairs).
-        model_batch_size: most pairs per forward pass.
-        normalize: sigmoid scores in [0, 1] (``True``) or raw logits (``False``).
+        model_batch_size: most pairs per forward pass (default 32).
+        normalize: sigmoid scores in [0, 1] (``True``, the default) or raw logits (``False``).
         num_cpus, num_gpus: resources reserved per actor (``num_gpus=1``: one GPU per model).
-        scorer_options: other :class:`~bge_rerank_plugins.CrossEncoderScorer` arguments
-            (``max_length``, ``dtype``, ``template``...).
+        scorer_options: the other :class:`~bge_rerank_plugins.config.ScorerConfig` fields
+            (``max_length``, ``dtype``, ``backend``, ``template``...; see
+            :data:`SCORER_OPTIONS`).
+        config: a whole :class:`~bge_rerank_plugins.config.ScorerConfig` instead of ``model``,
+            ``normalize``, ``model_batch_size`` and ``scorer_options`` (mixing the two is an
+            error). Its ``batch_size=None`` means the scorer's default on the actor's device.
+
+    Raises:
+        TypeError, ValueError: a bad option, found here on the driver before any actor starts.
 
     Returns:
         The dataset with ``score_column`` added (float64).
@@ -147,12 +217,7 @@ def score_ray_dataset(
         raise ImportError(
             "score_ray_dataset needs Ray Data: pip install 'bge-rerank-plugins[ray]'"
         ) from error
-    unknown = set(scorer_options or {}) - _SCORER_OPTIONS
-    if unknown:
-        raise TypeError(
-            f"scorer_options has unknown keys {sorted(unknown)}; allowed: "
-            f"{sorted(_SCORER_OPTIONS)} (batch size and normalize have their own arguments)."
-        )
+    config = _scorer_config(model, normalize, model_batch_size, scorer_options, config)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     if isinstance(concurrency, int) and concurrency < 1:
@@ -164,14 +229,11 @@ def score_ray_dataset(
         resources["num_gpus"] = num_gpus
     return ds.map_batches(
         PairScorer,
-        fn_constructor_args=(os.fspath(model),),
         fn_constructor_kwargs={
             "query_column": query_column,
             "passage_column": passage_column,
             "score_column": score_column,
-            "normalize": normalize,
-            "model_batch_size": model_batch_size,
-            "scorer_options": scorer_options,
+            "config": config,
         },
         batch_size=batch_size,
         batch_format="numpy",

@@ -16,29 +16,32 @@ import logging
 import math
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple, Union
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .batching import plan_batches
+from .config import (
+    DEFAULT_MODEL,
+    SCORER_CONFIG_FIELDS,
+    ScorerConfig,
+    TemplateLike,
+    dtype_from_use_fp16,
+)
+from .config import check_normalize as _check_normalize
 from .errors import NonFiniteScoreError
-from .fields import PassageTemplate, passage_to_text
+from .fields import passage_to_text
 from .loading import LoadedModel, load_cross_encoder, plain_encodings
 from .score_cache import ScoreCache, pair_key
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DEFAULT_MODEL", "CrossEncoderScorer", "Ranked", "TemplateLike"]
+__all__ = ["DEFAULT_MODEL", "CrossEncoderScorer", "Ranked", "TemplateLike", "sigmoid"]
 
 logger = logging.getLogger(__name__)
 
 #: Default pairs per forward pass on CPU and on an accelerator (``batch_size=None``).
 CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 32
-
-#: The model used when none is named.
-DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
-
-TemplateLike = Union[str, Sequence[str], PassageTemplate, None]  # noqa: UP007
 
 
 class Ranked(NamedTuple):
@@ -49,28 +52,9 @@ class Ranked(NamedTuple):
     passage: Any
 
 
-def _as_template(template: TemplateLike) -> PassageTemplate | None:
-    if template is None or isinstance(template, PassageTemplate):
-        return template
-    if isinstance(template, (str, Sequence)):
-        return PassageTemplate(template)
-    raise TypeError(
-        f"template must be a format string, a list of field names or a PassageTemplate, "
-        f"got {type(template).__name__}"
-    )
-
-
 def _is_int(value: Any) -> bool:
     """An int that is not a bool (``True`` is an int to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _check_normalize(normalize: Any, name: str = "normalize") -> None:
-    if not isinstance(normalize, bool):
-        raise TypeError(
-            f"{name} must be True (sigmoid scores in [0, 1]) or False (raw logits), got "
-            f"{type(normalize).__name__} {normalize!r}"
-        )
 
 
 def _as_passages(passages: Any, name: str = "passages") -> Sequence[Any]:
@@ -103,11 +87,24 @@ def _as_passages(passages: Any, name: str = "passages") -> Sequence[Any]:
     )
 
 
-def _sigmoid(x: float) -> float:
+def sigmoid(x: float) -> float:
+    """The logistic function of a finite raw score, computed without overflow.
+
+    The one definition used wherever a raw score becomes a score in [0, 1] (the scorer's
+    ``normalize=True`` and the server's per-request choice).
+
+    >>> sigmoid(0.0)
+    0.5
+    >>> sigmoid(-800.0), sigmoid(800.0)
+    (0.0, 1.0)
+    """
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
     return z / (1.0 + z)
+
+
+_sigmoid = sigmoid  # the old private name, kept for one release
 
 
 class CrossEncoderScorer:
@@ -170,47 +167,48 @@ class CrossEncoderScorer:
         trust_remote_code: bool = False,
         backend: str = "torch",
     ) -> None:
-        from .backends import check_backend, make_forward
+        from .backends import make_forward
 
-        check_backend(backend)
-        if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
-            raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
-        if token_budget is not None and (not _is_int(token_budget) or token_budget < 1):
-            raise ValueError(f"token_budget must be a positive int or None, got {token_budget!r}")
-        if (
-            max_length is not None
-            and max_length != "auto"
-            and (not _is_int(max_length) or max_length < 8)
-        ):
-            raise ValueError(f"max_length must be an int >= 8, 'auto' or None, got {max_length!r}")
-        if query_max_length is not None and (not _is_int(query_max_length) or query_max_length < 1):
-            raise ValueError(
-                f"query_max_length must be a positive int or None, got {query_max_length!r}"
-            )
-        if not _is_int(cache_size) or cache_size < 0:
-            raise ValueError(f"cache_size must be an int >= 0, got {cache_size!r}")
-        _check_normalize(normalize)
-        self._loaded: LoadedModel = load_cross_encoder(
-            model,
+        # Every option is checked by ScorerConfig (one set of checks for the scorer, the
+        # adapters, the CLI and Ray); use_fp16 is an alias that becomes dtype here.
+        config = ScorerConfig(
+            model=model,
             device=device,
-            dtype=dtype,
-            use_fp16=use_fp16,
+            dtype=dtype_from_use_fp16(dtype, use_fp16),
+            max_length=max_length,
+            query_max_length=query_max_length,
+            batch_size=batch_size,
+            token_budget=token_budget,
+            normalize=normalize,
+            template=template,
+            cache_size=cache_size,
+            backend=backend,
             revision=revision,
             trust_remote_code=trust_remote_code,
-            # The other backends run a copy of their own: the torch weights stay on disk.
-            load_weights=backend == "torch",
         )
-        self.model_name = str(model)
-        self.max_length = max_length
-        self.query_max_length = query_max_length
+        #: The options this scorer was built with (a frozen :class:`ScorerConfig`).
+        self.config = config
+        self._loaded: LoadedModel = load_cross_encoder(
+            config.model,
+            device=config.device,
+            dtype=config.dtype,
+            revision=config.revision,
+            trust_remote_code=config.trust_remote_code,
+            # The other backends run a copy of their own: the torch weights stay on disk.
+            load_weights=config.backend == "torch",
+        )
+        self.model_name = config.model
+        self.max_length = config.max_length
+        self.query_max_length = config.query_max_length
+        batch_size = config.batch_size
         if batch_size is None:
             batch_size = CPU_BATCH_SIZE if self._loaded.device == "cpu" else ACCELERATOR_BATCH_SIZE
         self.batch_size = batch_size
-        self.token_budget = token_budget
-        self.normalize = normalize
-        self.template = _as_template(template)
+        self.token_budget = config.token_budget
+        self.normalize = config.normalize
+        self.template = config.template
         self.show_progress_bar = show_progress_bar
-        self.cache = ScoreCache(cache_size) if cache_size else None
+        self.cache = ScoreCache(config.cache_size) if config.cache_size else None
         num_labels = getattr(self._loaded.config, "num_labels", 1)
         if num_labels not in (1, 2):
             raise ValueError(
@@ -221,6 +219,30 @@ class CrossEncoderScorer:
         self.backend = backend
         self._forward: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = (
             make_forward(backend, self._loaded) or _run_model
+        )
+
+    @classmethod
+    def from_config(
+        cls, config: ScorerConfig, *, show_progress_bar: bool | None = None
+    ) -> CrossEncoderScorer:
+        """The scorer that ``config`` describes.
+
+        ``show_progress_bar`` is not part of the config: it changes no score and is a choice of
+        the process that scores (a terminal, a server, a Ray worker).
+
+        >>> from bge_rerank_plugins.config import ScorerConfig
+        >>> config = ScorerConfig(model="BAAI/bge-reranker-v2-m3", backend="onnx")
+        >>> CrossEncoderScorer.from_config(config).config == config  # doctest: +SKIP
+        True
+        """
+        if not isinstance(config, ScorerConfig):
+            raise TypeError(
+                f"config must be a ScorerConfig, got {type(config).__name__}; build one with "
+                "bge_rerank_plugins.ScorerConfig(model=..., ...)."
+            )
+        return cls(
+            **{name: getattr(config, name) for name in SCORER_CONFIG_FIELDS},
+            show_progress_bar=show_progress_bar,
         )
 
     # ----------------------------------------------------------------- properties
@@ -303,8 +325,12 @@ class CrossEncoderScorer:
         candidates: Sequence[Sequence[Any]],
         *,
         normalize: bool | None = None,
+        show_progress_bar: bool | None = None,
     ) -> list[list[float]]:
         """Score many queries, each against its own candidates, in one batched pass.
+
+        ``show_progress_bar`` applies to this call only (``None``: the scorer's setting), so
+        a scorer shared with other threads is never changed to get or hide a bar.
 
         >>> scorer.score_many(["q1", "q2"], [["a", "b"], ["c"]])  # doctest: +SKIP
         [[0.1, 0.8], [0.5]]
@@ -323,7 +349,7 @@ class CrossEncoderScorer:
             texts = self._texts(passages, prefix=f"candidates[{qi}]")
             items.extend((query, t) for t in texts)
             sizes.append(len(texts))
-        flat = self._score_texts(items, normalize)
+        flat = self._score_texts(items, normalize, show_progress_bar)
         out: list[list[float]] = []
         start = 0
         for size in sizes:
@@ -398,7 +424,12 @@ class CrossEncoderScorer:
             return min(limit, max(8, -(-p95 // 8) * 8))
         return min(int(self.max_length), limit)
 
-    def _score_texts(self, items: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+    def _score_texts(
+        self,
+        items: list[tuple[str, str]],
+        normalize: bool | None,
+        show_progress_bar: bool | None = None,
+    ) -> list[float]:
         if normalize is not None:
             _check_normalize(normalize)
         if not items:
@@ -428,6 +459,7 @@ class CrossEncoderScorer:
             logits = self._run(
                 [encoded["input_ids"][i] for i in rows],
                 [encoded["token_type_ids"][i] for i in rows] if encoded["token_type_ids"] else None,
+                show_progress_bar,
             )
             for i, value in zip(todo, logits):
                 raw[i] = value
@@ -497,7 +529,12 @@ class CrossEncoderScorer:
             "truncated": truncated,
         }
 
-    def _run(self, input_ids: list[list[int]], token_types: list[list[int]] | None) -> list[float]:
+    def _run(
+        self,
+        input_ids: list[list[int]],
+        token_types: list[list[int]] | None,
+        show_progress_bar: bool | None = None,
+    ) -> list[float]:
         import torch
 
         lengths = [len(ids) for ids in input_ids]
@@ -506,7 +543,7 @@ class CrossEncoderScorer:
         batches = plan_batches(lengths, self.batch_size, budget)
         out: list[float] = [0.0] * len(input_ids)
         non_finite = 0
-        progress = self.show_progress_bar
+        progress = self.show_progress_bar if show_progress_bar is None else show_progress_bar
         if progress is None:
             progress = len(input_ids) > 2000
         bar = None
