@@ -72,8 +72,9 @@ class BGERerankCompressor(RerankOptions, BaseDocumentCompressor):
         normalize: sigmoid scores in [0, 1] (default) or raw logits.
         template: score a text built from ``Document.metadata`` fields and the page content
             (field ``text``), e.g. ``"{title}\\n{text}"``; default: the page content alone.
-        device, dtype, use_fp16, max_length, query_max_length, batch_size, token_budget,
-            cache_size, backend, revision, trust_remote_code: how the model runs, as for
+        device: how the model runs; this and ``dtype``, ``use_fp16``, ``max_length``,
+            ``query_max_length``, ``batch_size``, ``token_budget``, ``cache_size``,
+            ``backend``, ``revision`` and ``trust_remote_code`` are as for
             :class:`~bge_rerank_plugins.config.ScorerConfig`.
         scorer: an existing :class:`~bge_rerank_plugins.CrossEncoderScorer` to share.
 
@@ -174,9 +175,10 @@ class BGECrossEncoder(ScorerOptions, BaseCrossEncoder):
     """LangChain ``BaseCrossEncoder`` on the shared scorer, for ``CrossEncoderReranker``.
 
     Args:
-        model, normalize, scorer and the loading options (device, dtype, use_fp16,
-            max_length, query_max_length, batch_size, token_budget, cache_size, backend, revision,
-            trust_remote_code): as for :class:`BGERerankCompressor`. There is no ``template``:
+        model: as for :class:`BGERerankCompressor`, and so are ``normalize``, ``scorer`` and
+            the loading options (``device``, ``dtype``, ``use_fp16``, ``max_length``,
+            ``query_max_length``, ``batch_size``, ``token_budget``, ``cache_size``,
+            ``backend``, ``revision``, ``trust_remote_code``). There is no ``template``:
             the pairs are text already (share a scorer built with ``template=`` to render
             ``Document`` passages differently).
 

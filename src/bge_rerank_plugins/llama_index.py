@@ -53,8 +53,9 @@ class BGEReranker(RerankOptions, BaseNodePostprocessor):
         template: score a text built from metadata fields and the node text instead, e.g.
             ``"{title}\\n{section}\\n{text}"`` or ``["title", "text"]``.
         keep_retrieval_score: copy the retriever's score to ``metadata["retrieval_score"]``.
-        device, dtype, use_fp16, max_length, query_max_length, batch_size, token_budget,
-            cache_size, backend, revision, trust_remote_code: how the model runs, as for
+        device: how the model runs; this and ``dtype``, ``use_fp16``, ``max_length``,
+            ``query_max_length``, ``batch_size``, ``token_budget``, ``cache_size``,
+            ``backend``, ``revision`` and ``trust_remote_code`` are as for
             :class:`~bge_rerank_plugins.config.ScorerConfig`.
         scorer: an existing :class:`~bge_rerank_plugins.CrossEncoderScorer` to share.
 
