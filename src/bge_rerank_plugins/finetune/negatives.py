@@ -181,7 +181,7 @@ def first_stage_rankings(
     )
     if source == "dense":
         return _dense_rankings(dataset, query_ids, config, tpl, depth)
-    from ..beir import Bm25Index
+    from ..bm25 import Bm25Index
 
     index = Bm25Index.from_corpus(dataset.corpus, tpl)
     rankings = {
