@@ -288,7 +288,7 @@ def test_with_auth_on_an_unauthenticated_client_sees_no_model_path_or_settings(
 def test_the_key_comparison_is_constant_time(monkeypatch):
     import hmac
 
-    from bge_rerank_plugins.server import app as app_module
+    from bge_rerank_plugins.server import auth as auth_module
 
     config = ServerConfig(model="m", api_key="s3cret")
     seen: list[tuple[bytes, bytes]] = []
@@ -298,7 +298,7 @@ def test_the_key_comparison_is_constant_time(monkeypatch):
         seen.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(app_module.hmac, "compare_digest", spy)
+    monkeypatch.setattr(auth_module.hmac, "compare_digest", spy)
     from fastapi.testclient import TestClient
 
     app = create_app(config, scorer_factory=lambda: FakeScorer([0.0]))

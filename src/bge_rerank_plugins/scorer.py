@@ -88,16 +88,8 @@ def _as_passages(passages: Any, name: str = "passages") -> Sequence[Any]:
 
 
 def sigmoid(x: float) -> float:
-    """The logistic function of a finite raw score, computed without overflow.
-
-    The one definition used wherever a raw score becomes a score in [0, 1] (the scorer's
-    ``normalize=True`` and the server's per-request choice).
-
-    >>> sigmoid(0.0)
-    0.5
-    >>> sigmoid(-800.0), sigmoid(800.0)
-    (0.0, 1.0)
-    """
+    """The logistic function of a finite raw score, without overflow: the one used for every
+    score in [0, 1] (``normalize=True`` here, the server's per-request sigmoid)."""
     if x >= 0:
         return 1.0 / (1.0 + math.exp(-x))
     z = math.exp(x)
