@@ -31,7 +31,7 @@ lint:
 
 test: install-dev lint
 	$(BIN)/python -m pytest
-	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -q -d .cache/site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict -d .cache/site
 
 bench: install-dev
 	$(BIN)/python benchmarks/bench_scorer.py

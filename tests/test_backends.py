@@ -119,16 +119,23 @@ def test_int8_keeps_the_ranking(tiny_model, backend):
     assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
     assert _spearman(expected, got) >= 0.9
     if backend == "onnx-int8":
+        from bge_rerank_plugins.backends.onnx import _int8_name, int8_options
+
         # Both graphs keep their weights in a .data file beside them; no work folder is left.
+        # The int8 file's name says how it was quantized for this CPU (model.int8.onnx, or
+        # model.int8.reduce_range.onnx where full-range weights would saturate).
+        int8_name = _int8_name(int8_options())
         files = sorted(p.name for p in (tiny_model / "onnx").iterdir())
-        assert files == [
-            "fingerprint.json",
-            "model.int8.onnx",
-            "model.int8.onnx.data",
-            "model.onnx",
-            "model.onnx.data",
-        ]
-        for graph in ("model.onnx", "model.int8.onnx"):
+        assert files == sorted(
+            [
+                "fingerprint.json",
+                int8_name,
+                f"{int8_name}.data",
+                "model.onnx",
+                "model.onnx.data",
+            ]
+        )
+        for graph in ("model.onnx", int8_name):
             mode = (tiny_model / "onnx" / graph).stat().st_mode & 0o777
             assert (tiny_model / "onnx" / f"{graph}.data").stat().st_mode & 0o777 == mode
 
@@ -136,13 +143,15 @@ def test_int8_keeps_the_ranking(tiny_model, backend):
 def test_onnx_export_from_an_older_format_is_replaced(tiny_bert):
     """A cache whose fingerprint names another format is exported again, data files included."""
     pytest.importorskip("onnxruntime")
+    from bge_rerank_plugins.backends.onnx import _int8_name, int8_options
     from bge_rerank_plugins.loading import clear_model_cache
 
     CrossEncoderScorer(tiny_bert, backend="onnx-int8").score(QUERY, PASSAGES[:2])
     folder = tiny_bert / "onnx"
+    data = folder / f"{_int8_name(int8_options())}.data"  # the int8 graph made for this CPU
     stamp = json.loads((folder / "fingerprint.json").read_text())
     (folder / "fingerprint.json").write_text(json.dumps({**stamp, "format": 1}))
-    (folder / "model.int8.onnx.data").write_bytes(b"stale")
+    data.write_bytes(b"stale")
     clear_model_cache()
     got = CrossEncoderScorer(tiny_bert, backend="onnx-int8", normalize=False).score(
         QUERY, PASSAGES[:2]
@@ -150,7 +159,7 @@ def test_onnx_export_from_an_older_format_is_replaced(tiny_bert):
     expected = CrossEncoderScorer(tiny_bert, normalize=False).score(QUERY, PASSAGES[:2])
     assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
     assert json.loads((folder / "fingerprint.json").read_text()) == stamp
-    assert (folder / "model.int8.onnx.data").stat().st_size > len(b"stale")
+    assert data.stat().st_size > len(b"stale")
 
 
 def test_cache_keys_include_the_backend(tiny_bert):
@@ -216,16 +225,17 @@ def test_int8_linear_is_per_token_int8_arithmetic():
     x[0, 0] = 0.0  # an all-zero token must not divide by zero
     x[1, 2, 3] = 40.0  # an outlier spoils only its own row
 
+    with torch.inference_mode():
+        layer = Int8Linear(linear)  # the weight range this CPU multiplies exactly (127 or 64)
+        got = layer(x)
     weight = linear.weight.detach().double()
-    weight_scale = weight.abs().amax(dim=1) / 127
+    weight_scale = weight.abs().amax(dim=1) / layer.weight_max
     weight_int = torch.round(weight / weight_scale[:, None])
     rows = x.reshape(-1, 24).double()
     row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=1e-12) / 127
     row_int = torch.round(rows / row_scale)
     expected = (row_int @ weight_int.T) * row_scale * weight_scale + linear.bias.detach().double()
 
-    with torch.inference_mode():
-        got = Int8Linear(linear)(x)
     assert got.shape == (3, 5, 10) and got.dtype == torch.float32
     assert torch.allclose(got.reshape(-1, 10).double(), expected, rtol=1e-5, atol=1e-5)
     assert torch.allclose(got[0, 0], linear.bias.detach())
@@ -329,29 +339,26 @@ def test_torch_int8_shares_the_attention_projections(tiny_bert):
 
 
 @pytest.mark.parametrize(
-    ("has_dot", "int_mm_fails", "expect_per_token"),
-    [(True, False, True), (False, False, False), (True, True, False)],
+    ("limit", "expect_per_token", "expect_weight_max"),
+    [(127, True, 127), (64, True, 64), (None, False, None)],
     ids=["vnni", "no-vnni", "no-int-mm-kernel"],
 )
 def test_torch_int8_picks_per_token_only_where_it_is_safe(
-    monkeypatch, has_dot, int_mm_fails, expect_per_token
+    monkeypatch, limit, expect_per_token, expect_weight_max
 ):
     import torch
 
     from bge_rerank_plugins.backends import torch_int8
 
-    monkeypatch.setattr(torch_int8, "cpu_has_int8_dot", lambda: has_dot)
-    if int_mm_fails:
-
-        def no_kernel(*args, **kwargs):
-            raise RuntimeError("_int_mm: no CPU kernel")
-
-        monkeypatch.setattr(torch, "_int_mm", no_kernel)
+    monkeypatch.setattr(torch_int8, "int_mm_weight_limit", lambda: limit)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
     quantized = torch_int8.quantize_linear_int8(model)
     kinds = {type(m).__name__ for m in quantized.modules()}
     assert ("Int8Linear" in kinds) is expect_per_token
     assert type(quantized[0]) is not torch.nn.Linear  # quantized either way
+    if expect_per_token:
+        assert quantized[0].weight_max == expect_weight_max
+        assert int(quantized[0].weight_int8.abs().max()) == expect_weight_max
 
 
 @pytest.mark.parametrize("backend", ["onnx", "torch-int8"])

@@ -58,13 +58,14 @@ def read_state_dict(path: str, dtype: Any, slice_bytes: int = SLICE_BYTES) -> di
     ``slice_bytes``; the file is mapped again for each slice and unmapped after it, so no more
     than a slice of it is ever resident in the process.
 
-    >>> import tempfile, torch
-    >>> from safetensors.torch import save_file
-    >>> path = tempfile.mkdtemp() + "/model.safetensors"
-    >>> save_file({"w": torch.arange(12.0).reshape(4, 3), "ids": torch.arange(3)}, path)
-    >>> state = read_state_dict(path, torch.bfloat16, slice_bytes=24)
-    >>> state["w"].dtype, state["w"][3].tolist(), state["ids"].dtype
-    (torch.bfloat16, [9.0, 10.0, 11.0], torch.int64)
+    Examples:
+        >>> import tempfile, torch
+        >>> from safetensors.torch import save_file
+        >>> path = tempfile.mkdtemp() + "/model.safetensors"
+        >>> save_file({"w": torch.arange(12.0).reshape(4, 3), "ids": torch.arange(3)}, path)
+        >>> state = read_state_dict(path, torch.bfloat16, slice_bytes=24)
+        >>> state["w"].dtype, state["w"][3].tolist(), state["ids"].dtype
+        (torch.bfloat16, [9.0, 10.0, 11.0], torch.int64)
     """
     import torch
     from safetensors import safe_open

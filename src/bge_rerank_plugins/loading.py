@@ -138,7 +138,11 @@ def cpu_has_int8_dot() -> bool:
 
     Without one, x86 int8 kernels multiply pairs of 8-bit values into 16-bit sums that can
     saturate when both operands use the full 8-bit range; with one, they accumulate in 32 bits.
-    Read from ``/proc/cpuinfo``, so False off Linux.
+    Read from ``/proc/cpuinfo``, so False off Linux. The int8 backends do not decide from this
+    flag but from their kernels' measured behaviour
+    (:func:`bge_rerank_plugins.backends.torch_int8.int_mm_weight_limit`,
+    :func:`bge_rerank_plugins.backends.onnx.u8s8_saturates`), which also holds off Linux and
+    under a capped instruction set (``ONEDNN_MAX_CPU_ISA``).
     """
     return bool(_cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
 

@@ -6,12 +6,14 @@ returns its logits. Pick one with ``CrossEncoderScorer(..., backend=...)``:
 - ``"torch"`` (default): the ``transformers`` model as loaded, in the scorer's dtype.
 - ``"onnx"``: the model exported once to ONNX and run by ONNX Runtime with all graph
   optimizations (float32; scores match ``"torch"`` to about 1e-5). Needs the ``onnx`` extra.
-- ``"torch-int8"``: the encoder's ``Linear`` layers as int8 x int8 products, with one scale per
-  weight channel and one per token of activations (on CPUs with VNNI or AMX; elsewhere
-  ``torch.ao.quantization.quantize_dynamic``). CPU only, no extra dependency; of the int8
-  backends the faster one and the one that keeps rankings closest (see ``docs/benchmarks.md``).
+- ``"torch-int8"``: the encoder's ``Linear`` layers as int8 x int8 products in
+  ``torch._int_mm``, with one scale per weight channel and one per token of activations. CPU
+  only, no extra dependency; of the int8 backends the faster one and the one that keeps
+  rankings closest (see ``docs/benchmarks.md``). On x86 CPUs without VNNI or AMX, whose int8
+  kernels sum byte products in 16 bits, the weights use -64..64 so that no sum saturates.
 - ``"onnx-int8"``: the ONNX export with dynamically quantized int8 weights (one activation
-  scale per batch); needs the ``onnx`` extra.
+  scale per batch); needs the ``onnx`` extra. Quantized with ``reduce_range`` (weights
+  -64..64) where ONNX Runtime's kernels would saturate full-range ones, measured per CPU.
 
 Exported and quantized ONNX files are cached in an ``onnx/`` folder inside the model directory
 (or under ``~/.cache/bge_rerank_plugins/onnx`` when that is not writable) and reused while the

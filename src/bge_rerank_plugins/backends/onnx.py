@@ -5,8 +5,11 @@ dynamically quantized int8 copy (``onnxruntime.quantization.quantize_dynamic``) 
 ``onnx/`` folder inside the model directory, or under ``~/.cache/bge_rerank_plugins/onnx/<hash>``
 when the model directory is not writable (a Hub cache, a read-only mount). A ``fingerprint.json``
 next to them records the weight files' sizes and modification times: when the weights change,
-the files are exported again. Each graph keeps its weights in a ``.data`` file beside it (ONNX
-external data), which ONNX Runtime reads without a second in-memory copy of the whole model.
+the files are exported again. It also records the quantization settings of every int8 file,
+whose name carries them too (``model.int8.onnx``, ``model.int8.reduce_range.onnx``), so a
+graph quantized for another CPU is never reused here (see :func:`int8_options`). Each graph
+keeps its weights in a ``.data`` file beside it (ONNX external data), which ONNX Runtime reads
+without a second in-memory copy of the whole model.
 
 >>> from bge_rerank_plugins import CrossEncoderScorer
 >>> scorer = CrossEncoderScorer("BAAI/bge-reranker-v2-m3", backend="onnx-int8")  # doctest: +SKIP
@@ -14,6 +17,7 @@ external data), which ONNX Runtime reads without a second in-memory copy of the 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -31,17 +35,23 @@ if TYPE_CHECKING:
 
     from ..loading import LoadedModel
 
-__all__ = ["OnnxRunner", "export_onnx", "onnx_cache_dir", "quantize_onnx_int8"]
+__all__ = [
+    "OnnxRunner",
+    "export_onnx",
+    "int8_options",
+    "onnx_cache_dir",
+    "quantize_onnx_int8",
+    "u8s8_saturates",
+]
 
 logger = logging.getLogger(__name__)
 
 _FP32_NAME = "model.onnx"
-_INT8_NAME = "model.int8.onnx"
+_INT8_PREFIX = "model.int8"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
-# Quantization settings; part of the fingerprint, so changing them re-creates the int8 file.
 # Per-channel weight scales keep rankings much closer to float32 than one scale per tensor
 # (measured on a fine-tuned MiniLM: per-query Spearman min 0.94 vs 0.79 on SciFact dev).
-_INT8_OPTIONS = {"per_channel": True, "reduce_range": False}
+_PER_CHANNEL = True
 
 _lock = threading.Lock()
 
@@ -71,12 +81,80 @@ def _fingerprint(source: str) -> dict[str, Any]:
         "source": str(source),
         "files": files,
         "torch": torch.__version__,
-        "int8": _INT8_OPTIONS,
         # 2: exported with the last layer computing the first token only (first_token.py);
         # an older export is still correct but slower, so it is exported again.
         # 3: weights in external .data files (a lower peak while a session loads).
-        "format": 3,
+        # 4: int8 settings per int8 file (under "int8", not part of the export's stamp); a
+        # format-3 int8 file may have been quantized with full-range weights on a CPU whose
+        # kernels saturate them, so it is made again.
+        "format": 4,
     }
+
+
+@functools.lru_cache(maxsize=1)
+def u8s8_saturates() -> bool:
+    """Whether ONNX Runtime's uint8 x int8 products saturate on this CPU.
+
+    On x86 CPUs without an int8 dot-product instruction (VNNI, AMX), ONNX Runtime's U8S8 kernels
+    sum pairs of byte products into 16-bit integers (``vpmaddubsw``), which saturate when an
+    activation byte near 255 meets a weight beyond 64: a MiniLM scored that way lost its ranking
+    (Spearman 0.54 against float32 on the test corpus). Measured once per process by running a
+    small ``MatMulInteger`` with worst-case operands (constant weights, prepacked like the real
+    graph's) and comparing it with the exact product; ``True`` also when that check cannot run
+    (the safe choice).
+    """
+    ort = _require_onnxruntime()
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inner, cols = 64, 24
+    weights = rng.integers(-127, 128, size=(inner, cols)).astype(np.int8)
+    weights[:, 0], weights[:, 1] = 127, -127
+    rows = rng.integers(0, 256, size=(17, inner)).astype(np.uint8)
+    rows[0], rows[1] = 255, 0
+    graph = helper.make_graph(
+        [helper.make_node("MatMulInteger", ["a", "b"], ["y"])],
+        "u8s8_probe",
+        [helper.make_tensor_value_info("a", TensorProto.UINT8, [None, inner])],
+        [helper.make_tensor_value_info("y", TensorProto.INT32, [None, cols])],
+        [numpy_helper.from_array(weights, "b")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+        exact = rows.astype(np.int64) @ weights.astype(np.int64)
+        for batch in (rows, rows[:1]):
+            (got,) = session.run(["y"], {"a": batch})
+            if not np.array_equal(got.astype(np.int64), exact[: len(batch)]):
+                return True
+    except Exception as error:  # any failure: take the range that is safe on every CPU
+        logger.info("ONNX Runtime int8 probe failed (%s); quantizing with reduce_range.", error)
+        return True
+    return False
+
+
+def int8_options() -> dict[str, bool]:
+    """The ``quantize_dynamic`` settings for this CPU.
+
+    ``reduce_range=True`` (weights within -64..64 instead of -127..127, so that no pair of byte
+    products can leave 16 bits: ``255 * 64 * 2 = 32,640``) where :func:`u8s8_saturates`, else
+    full-range weights, which are more precise. The int8 file's name and the fingerprint both
+    carry these settings.
+    """
+    return {"per_channel": _PER_CHANNEL, "reduce_range": u8s8_saturates()}
+
+
+def _int8_name(options: dict[str, bool]) -> str:
+    tags = "".join(f".{key}" for key in ("reduce_range",) if options.get(key))
+    if options.get("per_channel") is not True:
+        tags += ".per_tensor"
+    return f"{_INT8_PREFIX}{tags}.onnx"
 
 
 def _writable(folder: Path) -> bool:
@@ -196,16 +274,23 @@ def _remove(graph: Path) -> None:
 
 
 def quantize_onnx_int8(
-    fp32_path: str | os.PathLike[str], int8_path: str | os.PathLike[str]
+    fp32_path: str | os.PathLike[str],
+    int8_path: str | os.PathLike[str],
+    *,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Dynamic int8 quantization of an ONNX model.
 
     Weights of MatMul/Gemm nodes become int8 with one scale per output channel; activations are
-    quantized to uint8 per batch at run time.
+    quantized to uint8 per batch at run time. ``reduce_range`` keeps the weights within -64..64;
+    ``None`` decides for this CPU (:func:`int8_options`).
     """
     _require_onnxruntime()
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    options = int8_options()
+    if reduce_range is not None:
+        options["reduce_range"] = bool(reduce_range)
     int8_path = Path(int8_path)
     with tempfile.TemporaryDirectory(dir=int8_path.parent, prefix=".quantize-") as work:
         staged = Path(work) / int8_path.name
@@ -215,7 +300,7 @@ def quantize_onnx_int8(
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul", "Gemm"],
             use_external_data_format=True,
-            **_INT8_OPTIONS,
+            **options,
         )
         _move_into_place(staged, int8_path)
     return int8_path
@@ -226,24 +311,44 @@ def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
     stamp_file = folder / "fingerprint.json"
     stamp = _fingerprint(loaded.source)
     fp32 = folder / _FP32_NAME
-    int8 = folder / _INT8_NAME
     try:
-        current = json.loads(stamp_file.read_text(encoding="utf-8")) == stamp
-    except (OSError, ValueError):
+        saved = json.loads(stamp_file.read_text(encoding="utf-8"))
+        quantized = saved.pop("int8", {})
+        current = saved == stamp and isinstance(quantized, dict)
+    except (OSError, ValueError, AttributeError):
         current = False
     if not current or not fp32.exists():
         logger.info("Exporting %s to ONNX in %s (once; reused afterwards).", loaded.name, folder)
-        for old in (fp32, int8):
+        _remove(fp32)
+        for old in folder.glob(f"{_INT8_PREFIX}*.onnx"):
             _remove(old)
         export_onnx(loaded, fp32)
         release_freed_memory()  # the float32 network loaded for the export
-        stamp_file.write_text(json.dumps(stamp), encoding="utf-8")
+        quantized = {}
+        _write_stamp(stamp_file, stamp, quantized)
     if not quantize:
         return fp32
-    if not int8.exists():
-        logger.info("Quantizing %s to int8 (once; reused afterwards).", loaded.name)
-        quantize_onnx_int8(fp32, int8)
+    options = int8_options()
+    int8 = folder / _int8_name(options)
+    # Reused only when the fingerprint says it was quantized with exactly these settings.
+    if not int8.exists() or quantized.get(int8.name) != options:
+        logger.info(
+            "Quantizing %s to int8 (%s; once, reused afterwards).",
+            loaded.name,
+            ", ".join(f"{key}={value}" for key, value in options.items()),
+        )
+        _remove(int8)
+        quantize_onnx_int8(fp32, int8, reduce_range=options["reduce_range"])
+        quantized[int8.name] = options
+        _write_stamp(stamp_file, stamp, quantized)
     return int8
+
+
+def _write_stamp(path: Path, stamp: dict[str, Any], quantized: dict[str, Any]) -> None:
+    """Write the fingerprint with the settings of each int8 file (replaced in one step)."""
+    staged = path.with_name(path.name + ".tmp")
+    staged.write_text(json.dumps({**stamp, "int8": quantized}), encoding="utf-8")
+    staged.replace(path)
 
 
 class OnnxRunner:
