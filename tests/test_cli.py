@@ -3,6 +3,8 @@ never a Python traceback (unless ``--debug``)."""
 
 from __future__ import annotations
 
+import argparse
+import importlib
 import os
 import subprocess
 import sys
@@ -97,13 +99,12 @@ def test_verbose_prints_the_traceback_then_the_line(capsys) -> None:
 def test_bad_option_values_name_the_option(
     argv: list[str], option: str, capsys, monkeypatch
 ) -> None:
-    import bge_rerank_plugins.cli as cli
-
     def must_not_run(args):
         raise AssertionError(f"{option} was accepted and the command ran")
 
-    for handler in ("_run_score", "_run_serve", "_run_evaluate"):
-        monkeypatch.setattr(cli, handler, must_not_run)
+    # Each subcommand module's parser binds its own run() as the handler.
+    for command in ("score", "serve", "evaluate"):
+        monkeypatch.setattr(f"bge_rerank_plugins.cli.{command}.run", must_not_run)
     with pytest.raises(SystemExit) as info:
         main(argv)
     assert info.value.code == 2
@@ -192,3 +193,22 @@ def test_the_installed_command_prints_no_traceback(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == [lines[0]] and lines[0].startswith("bge-rerank: error: model='./missing'")
+
+
+# ------------------------------------------------------------------ the package's entry points
+def test_the_description_names_only_real_subcommands() -> None:
+    parser = build_parser()
+    listed = parser.description.split(":", 1)[1].rstrip(".").split(",")
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert [name.strip() for name in listed] == list(subparsers.choices)
+
+
+def test_the_console_script_is_main() -> None:
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+    root = Path(__file__).resolve().parent.parent
+    project = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    module, _, attribute = project["scripts"]["bge-rerank"].partition(":")
+    assert getattr(importlib.import_module(module), attribute) is main

@@ -145,7 +145,12 @@ def test_use_fp16_conflicts_and_non_bools_are_refused() -> None:
 
 @pytest.mark.parametrize(
     "module",
-    ["bge_rerank_plugins.config", "bge_rerank_plugins.cli", "bge_rerank_plugins.adapter_options"],
+    [
+        "bge_rerank_plugins.config",
+        "bge_rerank_plugins.cli.options",
+        "bge_rerank_plugins.cli.evaluate",
+        "bge_rerank_plugins.adapter_options",
+    ],
 )
 def test_docstring_examples(module: str) -> None:
     if module.endswith("adapter_options"):
