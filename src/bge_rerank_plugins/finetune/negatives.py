@@ -25,6 +25,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..fields import as_template, best_first
+
 if TYPE_CHECKING:
     from ..beir import BeirDataset
 
@@ -172,13 +174,7 @@ def first_stage_rankings(
             cand = dataset.candidates.get(qid)
             out[qid] = list(cand.ids) if cand is not None else []
         return out
-    from ..fields import PassageTemplate
-
-    tpl = (
-        template
-        if isinstance(template, PassageTemplate)
-        else PassageTemplate(template or ("title", "text"))
-    )
+    tpl = as_template(template)
     if source == "dense":
         return _dense_rankings(dataset, query_ids, config, tpl, depth)
     from ..bm25 import Bm25Index
@@ -255,7 +251,7 @@ def _cross_encoder_rankings(
     out = {}
     for qid, row in zip(qids, scores):
         ids = rankings[qid]
-        order = sorted(range(len(ids)), key=lambda i: (-row[i], i))
+        order = best_first(row)
         out[qid] = [ids[i] for i in order]
     return out
 

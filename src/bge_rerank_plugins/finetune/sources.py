@@ -105,16 +105,12 @@ def groups_from_beir(
     them and names the first few.
     """
     from ..beir import BeirDataset, load_beir
-    from ..fields import PassageTemplate
+    from ..fields import as_template
     from .negatives import NegativeMiningConfig, mine_hard_negatives
 
     data = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
     config = negatives or NegativeMiningConfig()
-    tpl = (
-        template
-        if isinstance(template, PassageTemplate)
-        else PassageTemplate(template or ("title", "text"))
-    )
+    tpl = as_template(template)
     qids = [q for q in data.query_ids if data.relevant(q, relevance_threshold)]
     skipped = [q for q in data.query_ids if not data.relevant(q, relevance_threshold)]
     if max_queries is not None:
