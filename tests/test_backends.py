@@ -7,7 +7,7 @@ import json
 import pytest
 
 from bge_rerank_plugins import CrossEncoderScorer
-from bge_rerank_plugins.backends import BACKENDS, check_backend
+from bge_rerank_plugins.runtime.backends import BACKENDS, check_backend
 
 QUERY = "what is the capital of China?"
 PASSAGES = [
@@ -119,7 +119,7 @@ def test_int8_keeps_the_ranking(tiny_model, backend):
     assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
     assert _spearman(expected, got) >= 0.9
     if backend == "onnx-int8":
-        from bge_rerank_plugins.backends.onnx import _int8_name, int8_options
+        from bge_rerank_plugins.runtime.backends.onnx import _int8_name, int8_options
 
         # Both graphs keep their weights in a .data file beside them; no work folder is left.
         # The int8 file's name says how it was quantized for this CPU (model.int8.onnx, or
@@ -143,8 +143,8 @@ def test_int8_keeps_the_ranking(tiny_model, backend):
 def test_onnx_export_from_an_older_format_is_replaced(tiny_bert):
     """A cache whose fingerprint names another format is exported again, data files included."""
     pytest.importorskip("onnxruntime")
-    from bge_rerank_plugins.backends.onnx import _int8_name, int8_options
     from bge_rerank_plugins.loading import clear_model_cache
+    from bge_rerank_plugins.runtime.backends.onnx import _int8_name, int8_options
 
     CrossEncoderScorer(tiny_bert, backend="onnx-int8").score(QUERY, PASSAGES[:2])
     folder = tiny_bert / "onnx"
@@ -191,7 +191,7 @@ def test_torch_int8_shares_weights_and_leaves_the_source_model_alone(tiny_bert, 
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from bge_rerank_plugins.backends.torch_int8 import quantize_linear_int8
+    from bge_rerank_plugins.runtime.backends.torch_int8 import quantize_linear_int8
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
     inputs = {"input_ids": torch.tensor([[2, 7, 9, 11, 3]])}
@@ -216,7 +216,7 @@ def test_int8_linear_is_per_token_int8_arithmetic():
     """Int8Linear computes exactly round(x / row scale) @ round(W / channel scale), rescaled."""
     import torch
 
-    from bge_rerank_plugins.backends.torch_int8 import Int8Linear
+    from bge_rerank_plugins.runtime.backends.torch_int8 import Int8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(24, 10)
@@ -254,7 +254,7 @@ def test_int8_linear_is_per_token_int8_arithmetic():
 def test_int8_linear_bias_free_and_single_row():
     import torch
 
-    from bge_rerank_plugins.backends.torch_int8 import Int8Linear
+    from bge_rerank_plugins.runtime.backends.torch_int8 import Int8Linear
 
     linear = torch.nn.Linear(16, 4, bias=False)
     x = torch.randn(1, 16)
@@ -269,7 +269,7 @@ def test_shared_projection_slices_equal_separate_int8_layers():
     layers (integer sums are exact), in any call order, and no activation kept afterwards."""
     import torch
 
-    from bge_rerank_plugins.backends.torch_int8 import (
+    from bge_rerank_plugins.runtime.backends.torch_int8 import (
         Int8Linear,
         Int8ProjectionSlice,
         SharedInt8Projection,
@@ -301,7 +301,7 @@ def test_torch_int8_shares_the_attention_projections(tiny_bert):
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from bge_rerank_plugins.backends import torch_int8
+    from bge_rerank_plugins.runtime.backends import torch_int8
 
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert).eval()
     quantized = torch_int8.quantize_linear_int8(model, per_token=True)
@@ -348,7 +348,7 @@ def test_torch_int8_picks_per_token_only_where_it_is_safe(
 ):
     import torch
 
-    from bge_rerank_plugins.backends import torch_int8
+    from bge_rerank_plugins.runtime.backends import torch_int8
 
     monkeypatch.setattr(torch_int8, "int_mm_weight_limit", lambda: limit)
     model = torch.nn.Sequential(torch.nn.Linear(8, 8))
@@ -368,19 +368,20 @@ def test_padded_example_tokenization_holds_the_model_lock(tiny_bert, backend, mo
     # scoring thread's tokenization (the padding would leak into that thread's pairs).
     if backend == "onnx":
         pytest.importorskip("onnxruntime")
-    import bge_rerank_plugins.backends.onnx as onnx_backend
-    import bge_rerank_plugins.first_token as first_token
-    from bge_rerank_plugins.loading import load_cross_encoder, padded_example_batch
+    import bge_rerank_plugins.runtime.backends.onnx as onnx_backend
+    import bge_rerank_plugins.runtime.first_token as first_token
+    from bge_rerank_plugins.runtime.loading import load_cross_encoder
+    from bge_rerank_plugins.tokenization import example_batch
 
     loaded = load_cross_encoder(tiny_bert, load_weights=False)
     held: list[bool] = []
 
     def spy(tokenizer):
         held.append(loaded.lock._is_owned())
-        return padded_example_batch(tokenizer)
+        return example_batch(tokenizer)
 
-    monkeypatch.setattr(first_token, "padded_example_batch", spy)
-    monkeypatch.setattr(onnx_backend, "padded_example_batch", spy)
+    monkeypatch.setattr(first_token, "example_batch", spy)
+    monkeypatch.setattr(onnx_backend, "example_batch", spy)
     for stale in (tiny_bert / "onnx").glob("*"):
         stale.unlink()
     CrossEncoderScorer(tiny_bert, backend=backend).score(QUERY, PASSAGES[:2])

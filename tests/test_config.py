@@ -37,8 +37,9 @@ def test_fields_and_defaults_are_the_scorers_keyword_arguments() -> None:
     for name, default in defaults.items():
         assert name in params, name
         assert params[name].default == default, name
-    # What the scorer takes besides the config: an alias and a per-process display choice.
-    assert set(params) - set(defaults) == {"self", "use_fp16", "show_progress_bar"}
+    # What the scorer takes besides the config: an alias, a per-process display choice and
+    # the runner seam (a test and instrumentation hook, never a deployment option).
+    assert set(params) - set(defaults) == {"self", "use_fp16", "show_progress_bar", "runner"}
     assert SCORER_CONFIG_FIELDS == tuple(defaults)
 
 
@@ -112,7 +113,7 @@ def test_values_are_normalised_once(tmp_path: Path) -> None:
 
 
 def test_backend_names_come_from_the_one_backend_list(monkeypatch) -> None:
-    import bge_rerank_plugins.backends as backends
+    import bge_rerank_plugins.runtime.backends as backends
 
     with pytest.raises(ValueError, match="backend must be one of"):
         ScorerConfig(backend="my-backend")

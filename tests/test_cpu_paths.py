@@ -40,7 +40,7 @@ AVX2_ENV = {
 
 
 def _x86_with_avx2() -> bool:
-    from bge_rerank_plugins.loading import _cpu_flags
+    from bge_rerank_plugins.runtime.device import _cpu_flags
 
     return platform.machine().lower() in ("x86_64", "amd64") and "avx2" in _cpu_flags()
 
@@ -81,8 +81,8 @@ def saturating_int_mm(a, b):
 @pytest.fixture
 def fresh_probes():
     """Clear the per-process probe answers before and after a test that changes what they see."""
-    from bge_rerank_plugins.backends import onnx as onnx_backend
-    from bge_rerank_plugins.backends import torch_int8
+    from bge_rerank_plugins.runtime.backends import onnx as onnx_backend
+    from bge_rerank_plugins.runtime.backends import torch_int8
 
     # the real probes, held here: a test may have patched the module attributes by teardown
     probes = (torch_int8.int_mm_weight_limit, onnx_backend.u8s8_saturates)
@@ -104,13 +104,17 @@ def fresh_probes():
 )
 def test_cpu_flag_probes_and_the_bf16_autocast_choice(monkeypatch, flags, bf16, int8_dot):
     from bge_rerank_plugins import loading
+    from bge_rerank_plugins.finetune.recipe import cpu_bf16_autocast
+    from bge_rerank_plugins.runtime import device
 
-    monkeypatch.setattr(loading, "_cpu_flags", lambda: flags)
-    assert loading.cpu_has_native_bf16() is bf16
-    assert loading.cpu_has_int8_dot() is int8_dot
-    assert loading.cpu_bf16_autocast("auto") is bf16
-    assert loading.cpu_bf16_autocast("bf16") is True  # asked for: on any CPU
-    assert loading.cpu_bf16_autocast("fp32") is False
+    monkeypatch.setattr(device, "_cpu_flags", lambda: flags)
+    assert device.cpu_has_native_bf16() is bf16
+    assert device.cpu_has_int8_dot() is int8_dot
+    assert cpu_bf16_autocast("auto") is bf16
+    assert cpu_bf16_autocast("bf16") is True  # asked for: on any CPU
+    assert cpu_bf16_autocast("fp32") is False
+    # the one-release copy at the old path agrees
+    assert [loading.cpu_bf16_autocast(p) for p in ("auto", "bf16", "fp32")] == [bf16, True, False]
 
 
 @pytest.mark.parametrize("native", [True, False], ids=["bf16-cpu", "no-bf16-cpu"])
@@ -119,8 +123,8 @@ def test_teacher_scores_run_the_path_each_kind_of_cpu_takes(tiny_bert, monkeypat
     here and give the same scores to bf16's precision."""
     from sentence_transformers import SentenceTransformer
 
-    from bge_rerank_plugins import loading
     from bge_rerank_plugins.finetune import TrainingGroup, biencoder_teacher_scores
+    from bge_rerank_plugins.runtime import device
 
     model = SentenceTransformer(str(tiny_bert), device="cpu")
     seen: list[bool] = []
@@ -134,7 +138,7 @@ def test_teacher_scores_run_the_path_each_kind_of_cpu_takes(tiny_bert, monkeypat
 
     model.encode = spy
     groups = [TrainingGroup("what do pandas eat", ["bamboo"], ["tax on shares", "a car"])]
-    monkeypatch.setattr(loading, "_cpu_flags", lambda: AVX512_VNNI_BF16 if native else AVX2_ONLY)
+    monkeypatch.setattr(device, "_cpu_flags", lambda: AVX512_VNNI_BF16 if native else AVX2_ONLY)
     auto = biencoder_teacher_scores(groups, model, scale=1.0, precision="auto")
     assert seen and set(seen) == {native}
     exact = biencoder_teacher_scores(groups, model, scale=1.0, precision="fp32")
@@ -164,7 +168,7 @@ def test_the_emulated_kernel_saturates_like_the_avx2_one():
 def test_int_mm_weight_limit_measures_the_kernel(monkeypatch, fresh_probes, kernel, expected):
     import torch
 
-    from bge_rerank_plugins.backends import torch_int8
+    from bge_rerank_plugins.runtime.backends import torch_int8
 
     if kernel == "real":
         # On this machine: 127 with VNNI / AMX (or off x86), 64 on x86 without.
@@ -194,7 +198,7 @@ def test_torch_int8_on_a_cpu_without_vnni_keeps_the_ranking(tiny_model, monkeypa
     the same kernel would not be exact (what the old per-token path would have hit)."""
     import torch
 
-    from bge_rerank_plugins.backends import torch_int8
+    from bge_rerank_plugins.runtime.backends import torch_int8
     from bge_rerank_plugins.testing import TINY_CORPUS
 
     passages = list(TINY_CORPUS)
@@ -202,7 +206,7 @@ def test_torch_int8_on_a_cpu_without_vnni_keeps_the_ranking(tiny_model, monkeypa
     monkeypatch.setattr(torch, "_int_mm", saturating_int_mm)
     quantized = CrossEncoderScorer(tiny_model, normalize=False, backend="torch-int8")
     got = quantized.score(QUERY, passages)
-    layers = [m for m in quantized._forward.model.modules() if hasattr(m, "weight_max")]
+    layers = [m for m in quantized.runner.model.modules() if hasattr(m, "weight_max")]
     assert layers and {m.weight_max for m in layers} == {64}
     assert max(int(m.weight_int8.abs().max()) for m in layers) <= 64
     assert max(abs(x - y) for x, y in zip(expected, got)) < 0.1
@@ -224,7 +228,7 @@ def test_int8_linear_at_the_non_vnni_weight_range_is_exact_int8_arithmetic():
     """Int8Linear with weight_max=64 computes round(x / row scale) @ round(W / (max|W| / 64))."""
     import torch
 
-    from bge_rerank_plugins.backends.torch_int8 import Int8Linear
+    from bge_rerank_plugins.runtime.backends.torch_int8 import Int8Linear
 
     torch.manual_seed(0)
     linear = torch.nn.Linear(24, 10)
@@ -248,7 +252,7 @@ _AVX2_SCRIPT = """
 import json, sys
 import torch
 from bge_rerank_plugins import CrossEncoderScorer
-from bge_rerank_plugins.backends import torch_int8
+from bge_rerank_plugins.runtime.backends import torch_int8
 from bge_rerank_plugins.testing import TINY_CORPUS
 
 model, query = sys.argv[1], sys.argv[2]
@@ -260,7 +264,7 @@ reference = CrossEncoderScorer(model, normalize=False).score(query, passages)
 bf16 = CrossEncoderScorer(model, normalize=False, dtype="bfloat16").score(query, passages)
 scorer = CrossEncoderScorer(model, normalize=False, backend="torch-int8")
 int8 = scorer.score(query, passages)
-limits = sorted({m.weight_max for m in scorer._forward.model.modules()
+limits = sorted({m.weight_max for m in scorer.runner.model.modules()
                  if hasattr(m, "weight_max")})
 print(json.dumps({"capability": torch.backends.cpu.get_cpu_capability(),
                   "saturates": saturates, "limit": torch_int8.int_mm_weight_limit(),
@@ -326,8 +330,8 @@ def test_u8s8_probe_reads_the_kernel(monkeypatch, fresh_probes):
     import onnx
     from onnx import numpy_helper
 
-    from bge_rerank_plugins.backends import onnx as onnx_backend
     from bge_rerank_plugins.loading import cpu_has_int8_dot
+    from bge_rerank_plugins.runtime.backends import onnx as onnx_backend
 
     here = onnx_backend.u8s8_saturates()
     if _x86_with_avx2():
@@ -371,7 +375,7 @@ def test_onnx_int8_quantizes_for_the_cpu_and_keeps_the_ranking(
     leave 16 bits (255 * 64 * 2 = 32,640), so the saturating kernel computes exactly what is
     measured here. The file name and the fingerprint record the settings."""
     pytest.importorskip("onnxruntime")
-    from bge_rerank_plugins.backends import onnx as onnx_backend
+    from bge_rerank_plugins.runtime.backends import onnx as onnx_backend
     from bge_rerank_plugins.testing import TINY_CORPUS
 
     model = _copy_model(tiny_model, tmp_path)
@@ -381,7 +385,7 @@ def test_onnx_int8_quantizes_for_the_cpu_and_keeps_the_ranking(
     scorer = CrossEncoderScorer(model, normalize=False, backend="onnx-int8")
     got = scorer.score(QUERY, passages)
     name = "model.int8.reduce_range.onnx" if saturates else "model.int8.onnx"
-    assert scorer._forward.path.name == name
+    assert scorer.runner.path.name == name
     stamp = json.loads((model / "onnx" / "fingerprint.json").read_text())
     assert stamp["int8"] == {name: {"per_channel": True, "reduce_range": saturates}}
     weights = _int8_weights(model / "onnx" / name)
@@ -396,8 +400,8 @@ def test_an_int8_graph_made_for_another_cpu_is_not_reused(tiny_bert, tmp_path, m
     """A cache shared by a VNNI machine and an AVX2 one (a network mount, a copied model
     folder): each uses the graph quantized for its own kernels, and both variants coexist."""
     pytest.importorskip("onnxruntime")
-    from bge_rerank_plugins.backends import onnx as onnx_backend
     from bge_rerank_plugins.loading import clear_model_cache
+    from bge_rerank_plugins.runtime.backends import onnx as onnx_backend
 
     model = _copy_model(tiny_bert, tmp_path)
     folder = model / "onnx"
@@ -407,7 +411,7 @@ def test_an_int8_graph_made_for_another_cpu_is_not_reused(tiny_bert, tmp_path, m
         monkeypatch.setattr(onnx_backend, "u8s8_saturates", lambda: saturates)
         scorer = CrossEncoderScorer(model, backend="onnx-int8")
         scorer.score(QUERY, ["Beijing is the capital of China."])
-        return scorer._forward.path
+        return scorer.runner.path
 
     full = runner_on(False)  # made "elsewhere", on a VNNI machine
     assert full.name == "model.int8.onnx"
@@ -433,8 +437,8 @@ def test_an_onnx_cache_from_before_the_per_cpu_settings_is_replaced(tiny_bert, t
     """A format-3 cache (one model.int8.onnx, always full range) is exported and quantized
     again rather than trusted."""
     pytest.importorskip("onnxruntime")
-    from bge_rerank_plugins.backends import onnx as onnx_backend
     from bge_rerank_plugins.loading import clear_model_cache
+    from bge_rerank_plugins.runtime.backends import onnx as onnx_backend
 
     model = _copy_model(tiny_bert, tmp_path)
     CrossEncoderScorer(model, backend="onnx-int8").score(QUERY, ["a"])

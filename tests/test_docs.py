@@ -39,7 +39,7 @@ def test_the_block_pattern_finds_blocks_and_the_skip_mark() -> None:
 
 @pytest.fixture()
 def hub_ids_served_locally(monkeypatch, tiny_xlmr: Path, tiny_bert: Path):
-    from bge_rerank_plugins import loading
+    from bge_rerank_plugins.runtime import loading
 
     stand_ins = {
         "BAAI/bge-reranker-v2-m3": tiny_xlmr,

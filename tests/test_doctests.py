@@ -15,10 +15,14 @@ MODULES = [
     "bge_rerank_plugins.finetune.records",
     "bge_rerank_plugins.finetune.formats",
     "bge_rerank_plugins.finetune.sources",
-    "bge_rerank_plugins.first_token",
-    "bge_rerank_plugins.loading",
-    "bge_rerank_plugins.half_weights",
-    "bge_rerank_plugins.backends.torch_int8",
+    "bge_rerank_plugins.runtime.first_token",
+    "bge_rerank_plugins.runtime.loading",
+    "bge_rerank_plugins.runtime.half_weights",
+    "bge_rerank_plugins.tokenization",
+    "bge_rerank_plugins.runtime.backends.torch_int8",
+    "bge_rerank_plugins.runtime.backends",
+    "bge_rerank_plugins.runtime.backends.base",
+    "bge_rerank_plugins.runtime.families",
 ]
 
 

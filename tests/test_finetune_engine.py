@@ -263,7 +263,7 @@ def test_unknown_finetune_arguments_raise(tiny_bert: Path, tmp_path: Path) -> No
 def test_auto_max_length_and_cpu_precision(
     tiny_bert: Path, tmp_path: Path, caplog, monkeypatch
 ) -> None:
-    from bge_rerank_plugins import loading
+    from bge_rerank_plugins.finetune import recipe
 
     caplog.set_level(logging.WARNING)
     e = engine(tiny_bert, tmp_path, precision="fp16")
@@ -274,7 +274,7 @@ def test_auto_max_length_and_cpu_precision(
     assert engine(tiny_bert, tmp_path, precision="fp32")._mixed_precision() == {}
     # "auto" on CPU: bf16 autocast only where the CPU has bf16 hardware.
     for native, expected in ((True, {"bf16": True}), (False, {})):
-        monkeypatch.setattr(loading, "cpu_has_native_bf16", lambda native=native: native)
+        monkeypatch.setattr(recipe, "cpu_has_native_bf16", lambda native=native: native)
         assert engine(tiny_bert, tmp_path, precision="auto")._mixed_precision() == expected
     fixed = engine(tiny_bert, tmp_path / "b", max_length=24)
     assert fixed._max_length == 24

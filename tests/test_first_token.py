@@ -49,7 +49,7 @@ def test_first_token_last_layer_scores_equal_the_full_layer(tiny_model, attentio
 
 
 def test_first_token_last_layer_is_undone_when_scores_differ(tiny_bert, monkeypatch):
-    from bge_rerank_plugins import first_token
+    from bge_rerank_plugins.runtime import first_token
 
     model, tokenizer = _load(tiny_bert)
     # A broken mask (padding attended to) changes the padded example's scores: the check

@@ -9,8 +9,9 @@ import pytest
 import torch
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from bge_rerank_plugins import CrossEncoderScorer, half_weights
-from bge_rerank_plugins.half_weights import (
+from bge_rerank_plugins import CrossEncoderScorer
+from bge_rerank_plugins.runtime import half_weights
+from bge_rerank_plugins.runtime.half_weights import (
     load_half_precision,
     read_state_dict,
     single_safetensors_file,

@@ -98,7 +98,7 @@ def test_adapters_load_the_backend_they_are_given(tiny_bert: Path) -> None:
     from typing import get_args
 
     from bge_rerank_plugins.adapter_options import ScorerOptions
-    from bge_rerank_plugins.backends import BACKENDS
+    from bge_rerank_plugins.runtime.backends import BACKENDS
 
     assert set(get_args(ScorerOptions.model_fields["backend"].annotation)) == set(BACKENDS)
     texts = [text for _, text in RECORDS]

@@ -65,10 +65,10 @@ def retriever():
 
 # ---------------------------------------------------------------- construction
 def test_types_defaults_and_serialization_without_loading(monkeypatch) -> None:
-    from bge_rerank_plugins import loading
+    from bge_rerank_plugins import scorer as scorer_module
 
     monkeypatch.setattr(
-        loading, "load_cross_encoder", lambda *a, **k: pytest.fail("model loaded too early")
+        scorer_module, "load_cross_encoder", lambda *a, **k: pytest.fail("model loaded too early")
     )
     compressor = BGERerankCompressor()
     assert isinstance(compressor, BaseDocumentCompressor)
@@ -117,13 +117,14 @@ def test_compress_returns_new_sorted_documents(scorer: CrossEncoderScorer) -> No
 def test_async_matches_sync_and_keeps_the_loop_free(scorer: CrossEncoderScorer) -> None:
     compressor = BGERerankCompressor(scorer=scorer, top_n=4)
     sync = compressor.compress_documents(documents(), "lava")
-    forward = scorer._forward
+    forward = scorer.runner
 
-    def slow_forward(model, tensors):
+    def slow_runner(tensors):
         time.sleep(0.3)
-        return forward(model, tensors)
+        return forward(tensors)
 
-    scorer._forward = slow_forward
+    slow = CrossEncoderScorer.from_config(scorer.config, runner=slow_runner)
+    compressor = BGERerankCompressor(scorer=slow, top_n=4)
     ticks = 0
 
     async def main():
@@ -135,7 +136,6 @@ def test_async_matches_sync_and_keeps_the_loop_free(scorer: CrossEncoderScorer) 
         return await task
 
     result = asyncio.run(main())
-    scorer._forward = forward
     assert ticks >= 10
     assert [(d.id, d.metadata) for d in result] == [(d.id, d.metadata) for d in sync]
     assert asyncio.run(compressor.acompress_documents([], "lava")) == []

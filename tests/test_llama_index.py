@@ -120,10 +120,10 @@ TEXTS = [f"Note {i}: {TOPICS[i % len(TOPICS)]}" for i in range(8)]
 
 # ---------------------------------------------------------------- construction / serialization
 def test_default_construction_loads_nothing_and_serializes(monkeypatch) -> None:
-    from bge_rerank_plugins import loading
+    from bge_rerank_plugins import scorer as scorer_module
 
     monkeypatch.setattr(
-        loading, "load_cross_encoder", lambda *a, **k: pytest.fail("model loaded too early")
+        scorer_module, "load_cross_encoder", lambda *a, **k: pytest.fail("model loaded too early")
     )
     reranker = BGEReranker()
     assert reranker.model == "BAAI/bge-reranker-v2-m3"
@@ -283,14 +283,14 @@ def test_lazy_scorer_is_built_once_and_shared_weights(tiny_xlmr: Path) -> None:
 
 # ---------------------------------------------------------------- async
 def test_async_runs_off_the_event_loop(scorer: CrossEncoderScorer) -> None:
-    forward = scorer._forward
+    forward = scorer.runner
 
-    def slow_forward(model, tensors):
+    def slow_runner(tensors):
         time.sleep(0.25)
-        return forward(model, tensors)
+        return forward(tensors)
 
-    scorer._forward = slow_forward
-    reranker = BGEReranker(scorer=scorer, top_n=3)
+    slow = CrossEncoderScorer.from_config(scorer.config, runner=slow_runner)
+    reranker = BGEReranker(scorer=slow, top_n=3)
     ticks = 0
 
     async def ticker(stop: asyncio.Event) -> None:
@@ -315,7 +315,7 @@ def test_async_runs_off_the_event_loop(scorer: CrossEncoderScorer) -> None:
     results = asyncio.run(main())
     # Three calls of at least 0.25 s each ran while the loop kept ticking every 10 ms.
     assert ticks >= 30
-    scorer._forward = forward
+    reranker = BGEReranker(scorer=scorer, top_n=3)
     for query, result in zip(("panda", "lava", "Paris"), results):
         sync = reranker.postprocess_nodes(make_nodes(TEXTS), query_str=query)
         assert [(n.node.node_id, n.score) for n in result] == [

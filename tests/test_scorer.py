@@ -13,6 +13,8 @@ import torch
 
 from bge_rerank_plugins import CrossEncoderScorer, ModelNotFoundError, PassageTemplate
 from bge_rerank_plugins.batching import padded_tokens, plan_batches
+from bge_rerank_plugins.runtime.backends.torch import TorchRunner, run_model
+from bge_rerank_plugins.runtime.loading import load_cross_encoder
 
 QUERY = "what is the capital of China"
 PASSAGES = [
@@ -95,16 +97,21 @@ def test_bfloat16_runs_on_cpu_and_stays_close(tiny_bert: Path) -> None:
 
 def test_non_finite_half_precision_batch_is_rescored_in_fp32(tiny_bert: Path, caplog) -> None:
     reference = CrossEncoderScorer(tiny_bert, normalize=False).score(QUERY, PASSAGES)
-    scorer = CrossEncoderScorer(tiny_bert, dtype="bfloat16", normalize=False, batch_size=2)
-    real_forward = scorer._forward
+    loaded = load_cross_encoder(tiny_bert, dtype="bfloat16")
 
     def overflowing(model, tensors):
-        logits = real_forward(model, tensors)
+        logits = run_model(model, tensors)
         if next(model.parameters()).dtype == torch.bfloat16:
             return torch.full_like(logits, float("nan"))
         return logits
 
-    scorer._forward = overflowing
+    scorer = CrossEncoderScorer(
+        tiny_bert,
+        dtype="bfloat16",
+        normalize=False,
+        batch_size=2,
+        runner=TorchRunner(loaded, forward=overflowing),
+    )
     with caplog.at_level(logging.WARNING, logger="bge_rerank_plugins"):
         scores = scorer.score(QUERY, PASSAGES)
     assert scores == pytest.approx(reference, abs=1e-5)
@@ -143,18 +150,17 @@ def test_input_order_is_kept_across_length_sorted_batches(tiny_xlmr: Path) -> No
 
 def test_out_of_memory_halves_the_batch_and_drops_nothing(tiny_bert: Path, caplog) -> None:
     reference = CrossEncoderScorer(tiny_bert, batch_size=1).score(QUERY, PASSAGES * 3)
-    scorer = CrossEncoderScorer(tiny_bert, batch_size=8)
-    real_forward = scorer._forward
+    real_runner = CrossEncoderScorer(tiny_bert).runner
     seen: list[int] = []
 
-    def small_memory(model, tensors):
+    def small_memory(tensors):
         rows = tensors["input_ids"].shape[0]
         seen.append(rows)
         if rows > 2:
             raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
-        return real_forward(model, tensors)
+        return real_runner(tensors)
 
-    scorer._forward = small_memory
+    scorer = CrossEncoderScorer(tiny_bert, batch_size=8, runner=small_memory)
     with caplog.at_level(logging.WARNING, logger="bge_rerank_plugins"):
         scores = scorer.score(QUERY, PASSAGES * 3)
     assert scores == pytest.approx(reference, abs=1e-5)
@@ -172,22 +178,22 @@ def test_auto_max_length_is_the_95th_percentile_rounded_up(tiny_bert: Path) -> N
     assert scorer.resolve_max_length([3]) == 8
 
 
-def _capture_inputs(scorer: CrossEncoderScorer) -> list[list[int]]:
+def _capturing(scorer: CrossEncoderScorer) -> tuple[CrossEncoderScorer, list[list[int]]]:
+    """The same scorer with a spy runner, and the token rows that spy sees."""
     captured: list[list[int]] = []
-    real_forward = scorer._forward
+    real_runner = scorer.runner
 
-    def spy(model, tensors):
+    def spy(tensors):
         ids, mask = tensors["input_ids"], tensors["attention_mask"]
         captured.extend(row[m.bool()].tolist() for row, m in zip(ids, mask))
-        return real_forward(model, tensors)
+        return real_runner(tensors)
 
-    scorer._forward = spy
-    return captured
+    return CrossEncoderScorer.from_config(scorer.config, runner=spy), captured
 
 
 def test_truncation_keeps_the_query_and_warns_once_with_the_count(tiny_bert: Path, caplog) -> None:
     scorer = CrossEncoderScorer(tiny_bert, max_length=32)
-    captured = _capture_inputs(scorer)
+    scorer, captured = _capturing(scorer)
     query_ids = scorer.tokenizer(QUERY, add_special_tokens=False)["input_ids"]
     with caplog.at_level(logging.WARNING, logger="bge_rerank_plugins"):
         scorer.score(QUERY, PASSAGES)
@@ -209,7 +215,7 @@ def test_no_warning_when_nothing_is_truncated(tiny_bert: Path, caplog) -> None:
 
 def test_query_max_length_caps_a_very_long_query(tiny_xlmr: Path, caplog) -> None:
     scorer = CrossEncoderScorer(tiny_xlmr, max_length=40, query_max_length=10)
-    captured = _capture_inputs(scorer)
+    scorer, captured = _capturing(scorer)
     long_query = "what is the capital of China " * 20
     with caplog.at_level(logging.WARNING, logger="bge_rerank_plugins"):
         scores = scorer.score(long_query, PASSAGES[:2])
@@ -226,7 +232,7 @@ def test_lengths_ignore_padding_left_on_the_shared_tokenizer(kind: str, request,
     # first-token check makes such a call. Token counts once came back padded to the longest
     # text, so every pair looked truncated and a short query next to a long one was "cut" to "".
     scorer = CrossEncoderScorer(request.getfixturevalue(kind), max_length=64, query_max_length=6)
-    captured = _capture_inputs(scorer)
+    scorer, captured = _capturing(scorer)
     short_query, long_query = "panda", "what do giant pandas eat in the wild every day"
     pairs = [(short_query, PASSAGES[0]), (long_query, PASSAGES[0]), (short_query, "bamboo")]
     scorer.tokenizer([short_query, long_query], padding=True)
@@ -309,15 +315,14 @@ def test_same_model_is_loaded_once_per_process(tiny_bert: Path) -> None:
 
 
 def test_score_cache_reuses_scores_and_is_bounded(tiny_bert: Path) -> None:
-    scorer = CrossEncoderScorer(tiny_bert, cache_size=4)
     calls: list[int] = []
-    real_forward = scorer._forward
+    real_runner = CrossEncoderScorer(tiny_bert).runner
 
-    def counting(model, tensors):
+    def counting(tensors):
         calls.append(tensors["input_ids"].shape[0])
-        return real_forward(model, tensors)
+        return real_runner(tensors)
 
-    scorer._forward = counting
+    scorer = CrossEncoderScorer(tiny_bert, cache_size=4, runner=counting)
     first = scorer.score(QUERY, PASSAGES[:3])
     assert sum(calls) == 3
     assert scorer.score(QUERY, PASSAGES[:3]) == first

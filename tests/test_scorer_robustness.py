@@ -19,14 +19,18 @@ from bge_rerank_plugins.errors import (
     NonFiniteScoreError,
     RerankerError,
 )
+from bge_rerank_plugins.runtime.backends.torch import TorchRunner, run_model
+from bge_rerank_plugins.runtime.loading import load_cross_encoder
 
 QUERY = "what is the capital of China"
 PASSAGES = ["Beijing is the capital of China.", "Apples are a fruit.", "Capital gains tax."]
 
 
 def _nan_forward(real):
-    def forward(model, tensors):
-        logits = real(model, tensors)
+    """``real`` (a runner, or a torch forward taking the model first) with a NaN per batch."""
+
+    def forward(*args):
+        logits = real(*args)
         logits[0, 0] = float("nan")  # the first pair of each batch
         return logits
 
@@ -36,8 +40,10 @@ def _nan_forward(real):
 # ------------------------------------------------------------------ non-finite scores
 @pytest.mark.parametrize("normalize", [True, False])
 def test_nan_scores_raise_naming_the_count(tiny_bert: Path, normalize: bool) -> None:
-    scorer = CrossEncoderScorer(tiny_bert, batch_size=2, normalize=normalize, cache_size=16)
-    scorer._forward = _nan_forward(scorer._forward)
+    runner = _nan_forward(CrossEncoderScorer(tiny_bert).runner)
+    scorer = CrossEncoderScorer(
+        tiny_bert, batch_size=2, normalize=normalize, cache_size=16, runner=runner
+    )
     with pytest.raises(NonFiniteScoreError, match=r"2 of 3 pairs") as info:
         scorer.score(QUERY, PASSAGES)
     assert isinstance(info.value, RerankerError) and isinstance(info.value, ValueError)
@@ -47,22 +53,23 @@ def test_nan_scores_raise_naming_the_count(tiny_bert: Path, normalize: bool) -> 
 
 
 def test_inf_logit_is_an_error_too(tiny_bert: Path) -> None:
-    scorer = CrossEncoderScorer(tiny_bert, normalize=False)
-    real = scorer._forward
+    real = CrossEncoderScorer(tiny_bert).runner
 
-    def forward(model, tensors):
-        logits = real(model, tensors)
+    def runner(tensors):
+        logits = real(tensors)
         logits[-1, 0] = float("inf")
         return logits
 
-    scorer._forward = forward
+    scorer = CrossEncoderScorer(tiny_bert, normalize=False, runner=runner)
     with pytest.raises(NonFiniteScoreError, match="1 of 3 pairs"):
         scorer.rank(QUERY, PASSAGES)
 
 
 def test_half_precision_nan_that_float32_also_gives_is_an_error(tiny_bert: Path) -> None:
-    scorer = CrossEncoderScorer(tiny_bert, dtype="bfloat16")
-    scorer._forward = _nan_forward(scorer._forward)
+    # NaN in bfloat16 and again in the float32 rescue: the torch runner's own forward seam.
+    loaded = load_cross_encoder(tiny_bert, dtype="bfloat16")
+    runner = TorchRunner(loaded, forward=_nan_forward(run_model))
+    scorer = CrossEncoderScorer(tiny_bert, dtype="bfloat16", runner=runner)
     with pytest.raises(NonFiniteScoreError, match="bfloat16 and again in float32"):
         scorer.score(QUERY, PASSAGES)
 

@@ -27,7 +27,7 @@ _EXPORTS = {
     "DeviceUnavailableError": "errors",
     "NonFiniteScoreError": "errors",
     "RerankerError": "errors",
-    "clear_model_cache": "loading",
+    "clear_model_cache": "runtime.loading",
     "BGEReranker": "llama_index",
     "BGERerankCompressor": "langchain",
     "BGECrossEncoder": "langchain",
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
         RerankerError,
     )
     from .fields import PassageTemplate
-    from .loading import clear_model_cache
+    from .runtime.loading import clear_model_cache
     from .score_cache import ScoreCache
     from .scorer import CrossEncoderScorer, Ranked
 

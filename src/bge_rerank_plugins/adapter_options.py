@@ -42,9 +42,9 @@ from pydantic import (
     model_validator,
 )
 
-from .backends import BACKENDS
 from .config import DEFAULT_MODEL, SCORER_CONFIG_FIELDS, ScorerConfig, dtype_from_use_fp16
 from .fields import PassageTemplate
+from .runtime.backends import BACKENDS, describe
 from .scorer import CrossEncoderScorer
 
 __all__ = ["LOADING_OPTIONS", "RerankOptions", "ScorerOptions", "build_scorer"]
@@ -151,8 +151,8 @@ class ScorerOptions(BaseModel):
     )
     backend: BackendName = Field(
         default="torch",
-        description="'torch' (exact), 'onnx' (exact, needs the onnx extra), 'torch-int8' or "
-        "'onnx-int8' (approximate int8 scores, faster on CPU; see the Benchmarks page).",
+        # Written from the backend registry, the one place that describes each backend.
+        description=f"What runs each batch; one of: {describe()}.",
     )
     revision: str | None = Field(
         default=None, description="Hub revision (branch, tag or commit) of the model."

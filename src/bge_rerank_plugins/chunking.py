@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from .loading import plain_encodings
+from .tokenization import plain_encodings
 
 if TYPE_CHECKING:
     from .scorer import CrossEncoderScorer
@@ -123,12 +123,12 @@ def score_chunked(
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     if not isinstance(query, str):
         raise TypeError(f"query must be a string, got {type(query).__name__}")
-    texts = scorer._texts(passages)
+    texts = scorer.passage_texts(passages)
     tokenizer = scorer.tokenizer
     if window_tokens is None:
         limit = scorer.max_length if isinstance(scorer.max_length, int) else 512
         limit = min(limit, scorer.model_max_length)
-        with scorer._loaded.lock:
+        with scorer.encoder.lock:
             query_tokens = len(plain_encodings(tokenizer, [query])[0].ids)
         query_tokens = min(query_tokens, scorer.query_max_length or limit // 2)
         specials = tokenizer.num_special_tokens_to_add(pair=True)
@@ -140,7 +140,7 @@ def score_chunked(
             )
     owners: list[int] = []
     windows: list[str] = []
-    with scorer._loaded.lock:
+    with scorer.encoder.lock:
         for i, text in enumerate(texts):
             pieces = split_into_windows(tokenizer, text, window_tokens, overlap)
             windows.extend(pieces)

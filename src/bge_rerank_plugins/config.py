@@ -153,7 +153,7 @@ class ScorerConfig:
         template: how records become passage text; stored as a
             :class:`~bge_rerank_plugins.fields.PassageTemplate` (or ``None``).
         cache_size: raw scores kept in an LRU cache (0: no cache).
-        backend: one of :data:`bge_rerank_plugins.backends.BACKENDS`.
+        backend: one of :data:`bge_rerank_plugins.runtime.backends.BACKENDS`.
         revision: a Hub revision (branch, tag or commit).
         trust_remote_code: run custom model code from the model repository.
     """
@@ -182,7 +182,7 @@ class ScorerConfig:
         set_(self, "model", model)
         # Imported here, not at the top: the backend registry is below the config, and a config
         # module that imports nothing heavy keeps `import bge_rerank_plugins` cheap.
-        from .backends import BACKENDS
+        from .runtime.backends import BACKENDS
 
         if not isinstance(self.backend, str) or self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")

@@ -13,19 +13,26 @@ make up the passage text and how they are joined.
 
 from __future__ import annotations
 
+import logging
 import string
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, overload
 
 __all__ = [
     "DEFAULT_FIELDS",
     "PassageTemplate",
+    "as_passages",
     "as_template",
+    "check_query",
     "best_first",
     "get_field",
+    "pair_texts",
+    "passage_texts",
     "passage_to_text",
 ]
+
+logger = logging.getLogger(__name__)
 
 #: Fields used for a record when no template is given.
 DEFAULT_FIELDS: tuple[str, ...] = ("title", "text")
@@ -265,6 +272,96 @@ def passage_to_text(passage: Any, template: PassageTemplate | None, index: int) 
             "text. Fix the field names in template=, or drop such records before scoring."
         )
     return active.render(passage)
+
+
+def as_passages(passages: Any, name: str = "passages") -> Sequence[Any]:
+    """``passages`` as a sequence, read once; a clear TypeError for what is not a collection.
+
+    A list or tuple is used as is (never copied or modified); any other iterable, such as a
+    generator, is read into a list once. A single string, a single record (a dict, a LangChain
+    ``Document``, a LlamaIndex node) or ``None`` is refused: iterating it would score its
+    characters, its keys or nothing.
+    """
+    if isinstance(passages, (str, bytes)):
+        raise TypeError(
+            f"{name} must be a list of passages, got a single {type(passages).__name__}; "
+            "wrap it in a list."
+        )
+    if passages is None:
+        raise TypeError(f"{name} must be a list of passages (strings or records), got None.")
+    if isinstance(passages, Mapping) or hasattr(passages, "metadata"):
+        raise TypeError(
+            f"{name} must be a list of passages, got a single record "
+            f"({type(passages).__name__}); wrap it in a list."
+        )
+    if isinstance(passages, Sequence):
+        return passages
+    if isinstance(passages, Iterable):
+        return list(passages)
+    raise TypeError(
+        f"{name} must be a list (or other iterable) of passages: strings or records such as "
+        f"dicts, LangChain Documents or LlamaIndex nodes; got {type(passages).__name__}."
+    )
+
+
+def passage_texts(
+    passages: Any, template: PassageTemplate | None, prefix: str = "passages"
+) -> list[str]:
+    """The text of each passage (:func:`passage_to_text`); errors name ``prefix[index]``.
+
+    A record with no data to score (no ``text`` field, or none of the template's fields) is
+    a ValueError; records whose fields are present but blank are scored as empty text and
+    counted in one warning.
+    """
+    texts = []
+    blank = 0
+    for i, passage in enumerate(as_passages(passages, prefix)):
+        try:
+            text = passage_to_text(passage, template, i)
+        except (TypeError, ValueError) as error:
+            if prefix != "passages":
+                raise type(error)(str(error).replace("passages[", f"{prefix}[", 1)) from None
+            raise
+        if not isinstance(passage, str) and not text.strip():
+            blank += 1
+        texts.append(text)
+    if blank:
+        logger.warning(
+            "%d of %d %s are records whose fields are all blank; they are scored as empty "
+            "text (and rank near the bottom). Drop them before scoring, or check the "
+            "template's field names.",
+            blank,
+            len(texts),
+            prefix,
+        )
+    return texts
+
+
+def check_query(query: Any, name: str = "query") -> None:
+    """Refuse a query that is not a string (a TypeError naming ``name``)."""
+    if not isinstance(query, str):
+        raise TypeError(f"{name} must be a string, got {type(query).__name__}")
+
+
+def pair_texts(pairs: Any, template: PassageTemplate | None) -> list[tuple[str, str]]:
+    """(query, passage text) for each (query, passage) pair; errors name ``pairs[i]``."""
+    if pairs is None or isinstance(pairs, (str, bytes)) or not isinstance(pairs, Iterable):
+        raise TypeError(
+            f"pairs must be a list of (query, passage) pairs, got {type(pairs).__name__}"
+        )
+    items: list[tuple[str, str]] = []
+    for i, pair in enumerate(pairs):
+        if isinstance(pair, (str, bytes)) or not isinstance(pair, Sequence) or len(pair) != 2:
+            raise TypeError(
+                f"pairs[{i}] must be a (query, passage) pair, got {type(pair).__name__}"
+            )
+        check_query(pair[0], f"pairs[{i}][0]")
+        try:
+            items.append((pair[0], passage_to_text(pair[1], template, i)))
+        except (TypeError, ValueError) as error:
+            message = str(error).replace(f"passages[{i}]", f"pairs[{i}][1]", 1)
+            raise type(error)(message) from None
+    return items
 
 
 def _describe(record: Any) -> str:

@@ -141,8 +141,8 @@ SCORER_CONFIG_EXCLUDED: dict[str, tuple[str, ...]] = {
 
 def scorer_argument_table() -> dict[str, tuple[str, dict[str, Any]]]:
     """ScorerConfig field -> (option, ``add_argument`` keywords); ``dest`` is the field name."""
-    from ..backends import BACKENDS
-    from ..loading import DTYPES
+    from ..runtime.device import DTYPES
+    from ..runtime.backends import BACKENDS, describe
 
     return {
         "model": ("--model", {"help": f"Hub id or directory (default {DEFAULT_MODEL})"}),
@@ -200,8 +200,7 @@ def scorer_argument_table() -> dict[str, tuple[str, dict[str, Any]]]:
             "--backend",
             {
                 "choices": BACKENDS,
-                "help": "torch (exact), onnx (exact, needs the onnx extra), torch-int8 or "
-                "onnx-int8 (approximate int8 scores, faster on CPU; see docs/benchmarks.md)",
+                "help": describe(),  # written from the registry, the one backend description
             },
         ),
         "revision": ("--revision", {"help": "Hub revision of the model (branch, tag or commit)"}),

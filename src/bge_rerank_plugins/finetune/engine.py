@@ -104,7 +104,7 @@ class CrossEncoderFinetuneEngine:
         evaluation_steps: int = 50,
         **options: Any,
     ) -> None:
-        from ..loading import model_length_limit
+        from ..runtime.loading import model_length_limit
         from .data import load_training_data
         from .export import check_output_dir
         from .grouping import build_train_dataset, pointwise_rows

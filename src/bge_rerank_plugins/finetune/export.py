@@ -278,7 +278,7 @@ def push_model_dir(path: str | os.PathLike[str], repo_id: str) -> str:
     Raises:
         RuntimeError: no model in ``path``, offline (``HF_HUB_OFFLINE``), or the upload failed.
     """
-    from ..loading import hub_offline
+    from ..runtime.loading import hub_offline
 
     folder = Path(path)
     if not (folder / "config.json").is_file():

@@ -28,6 +28,8 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from ..runtime.device import cpu_has_native_bf16, resolve_device
+
 __all__ = [
     "AUTO_MAX_LENGTH",
     "AUTO_MAX_LENGTH_CPU",
@@ -37,6 +39,7 @@ __all__ = [
     "BEST_METRIC",
     "FinetuneConfig",
     "FinetuneResult",
+    "cpu_bf16_autocast",
     "is_grouped",
     "mixed_precision",
     "pick_max_length",
@@ -240,9 +243,8 @@ def resolve(
     config: FinetuneConfig, *, records: Sequence[Any] | None, model_output_path: str
 ) -> FinetuneConfig:
     """``config`` with its choices made: the loss (:func:`resolve_loss`), the device
-    (:func:`~bge_rerank_plugins.loading.resolve_device`), the checkpoint folder and steps."""
-    from ..loading import resolve_device
-
+    (:func:`~bge_rerank_plugins.runtime.device.resolve_device`), the checkpoint folder and
+    steps."""
     return replace(
         config,
         loss=resolve_loss(config.loss, records),
@@ -280,6 +282,13 @@ def resolve_loss(loss: Any, records: Sequence[Any] | None) -> Any:
     return chosen
 
 
+def cpu_bf16_autocast(precision: str) -> bool:
+    """Whether work on the CPU under ``precision`` runs in bf16 autocast: ``"bf16"`` always,
+    ``"auto"`` where the CPU has bf16 hardware (``runtime.device.cpu_has_native_bf16``), else
+    not. Shared by training and the teacher scores, so both pick bf16 on the same machines."""
+    return precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())
+
+
 def mixed_precision(precision: str, device: str) -> dict[str, bool]:
     """The trainer's mixed-precision flags (``{"bf16": True}``, ``{"fp16": True}`` or none).
 
@@ -288,8 +297,6 @@ def mixed_precision(precision: str, device: str) -> dict[str, bool]:
     emulates bf16 and would be slower than fp32, and fp16 is never used on a CPU.
     """
     import torch
-
-    from ..loading import cpu_bf16_autocast
 
     if precision == "fp32":
         return {}

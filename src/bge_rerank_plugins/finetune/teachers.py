@@ -79,7 +79,7 @@ def biencoder_teacher_scores(
     import numpy as np
     import torch
 
-    from ..loading import cpu_bf16_autocast
+    from .recipe import cpu_bf16_autocast
 
     records = load_training_data(list(groups), name="groups")
     if isinstance(model, (str, os.PathLike)):  # str has an ``encode`` of its own

@@ -138,7 +138,7 @@ class ServerConfig:
             )
         if self.device is not None:
             # The server runs where it is configured: a device this machine lacks fails now.
-            from ..loading import resolve_device
+            from ..runtime.device import resolve_device
 
             resolve_device(self.device)
         for name in ("max_batch_pairs", "max_documents", "max_text_chars", "max_request_bytes"):
