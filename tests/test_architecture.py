@@ -176,7 +176,7 @@ def test_no_import_cycles() -> None:
             if nxt.startswith(node + ".") or node.startswith(nxt + "."):
                 continue
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt) :] + [nxt]
+                cycle = [*stack[stack.index(nxt) :], nxt]
                 raise AssertionError("import cycle: " + " -> ".join(cycle))
             if nxt not in state:
                 visit(nxt)
@@ -201,7 +201,7 @@ def test_no_module_imports_another_modules_private_names() -> None:
     assert not problems, "\n".join(problems)
 
 
-@pytest.mark.parametrize("module", sorted(_modules()) + [""])
+@pytest.mark.parametrize("module", [*sorted(_modules()), ""])
 def test_size_budget(module: str) -> None:
     path = ROOT / "__init__.py" if module == "" else _modules()[module]
     lines = len(path.read_text(encoding="utf-8").splitlines())

@@ -141,8 +141,8 @@ SCORER_CONFIG_EXCLUDED: dict[str, tuple[str, ...]] = {
 
 def scorer_argument_table() -> dict[str, tuple[str, dict[str, Any]]]:
     """ScorerConfig field -> (option, ``add_argument`` keywords); ``dest`` is the field name."""
-    from ..runtime.device import DTYPES
     from ..runtime.backends import BACKENDS, describe
+    from ..runtime.device import DTYPES
 
     return {
         "model": ("--model", {"help": f"Hub id or directory (default {DEFAULT_MODEL})"}),
