@@ -95,8 +95,8 @@ def _torch_object(value: Any, kind: str) -> bool:
 
 
 def _dtype_name(dtype: Any) -> str:
-    """``dtype`` as one of :data:`~bge_rerank_plugins.loading.DTYPES` (``None`` is ``"auto"``)."""
-    from .loading import DTYPES
+    """``dtype`` as one of :data:`~bge_rerank_plugins.runtime.device.DTYPES` (``None``: auto)."""
+    from .runtime.device import DTYPES
 
     name = "auto" if dtype is None else dtype
     if _torch_object(name, "dtype"):
