@@ -1,7 +1,8 @@
 """``CrossEncoderScorer``: the one place that runs a cross-encoder for inference.
 
-Every integration (LlamaIndex, LangChain, the fine-tuning evaluator, the CLI, the server) scores
-through this class, so a given model, query and passage get the same score everywhere.
+Every integration (LlamaIndex, LangChain, evaluation, the CLI, the server, Ray) scores through
+this class, so a given model, query and passage get the same score everywhere (in-training
+validation uses sentence-transformers' evaluator).
 
 >>> from bge_rerank_plugins import CrossEncoderScorer
 >>> scorer = CrossEncoderScorer("BAAI/bge-reranker-v2-m3")  # doctest: +SKIP
