@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from llama_index.core.bridge.pydantic import ConfigDict, Field, model_validator
@@ -170,12 +171,8 @@ class BGEReranker(RerankOptions, BaseNodePostprocessor):
         query, texts = self._texts(nodes, query_bundle)
         if not nodes:
             return []
-        payload = self._start(nodes, query_bundle)  # type: ignore[arg-type]
-        with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            reranked = self._results(nodes, self.rank_texts(query, texts))
-            event.on_end(payload={EventPayload.NODES: reranked})
-        dispatcher.event(ReRankEndEvent(nodes=reranked))
-        return reranked
+        with self._reranking(nodes, query_bundle) as finish:
+            return finish(self.rank_texts(query, texts))
 
     async def _apostprocess_nodes(
         self,
@@ -186,10 +183,26 @@ class BGEReranker(RerankOptions, BaseNodePostprocessor):
         query, texts = self._texts(nodes, query_bundle)
         if not nodes:
             return []
+        with self._reranking(nodes, query_bundle) as finish:
+            return finish(await asyncio.to_thread(self.rank_texts, query, texts))
+
+    @contextmanager
+    def _reranking(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle | None
+    ) -> Iterator[Callable[[list[tuple[int, float]]], list[NodeWithScore]]]:
+        """The events around one rerank, shared by the sync and async paths.
+
+        Yields ``finish(ranked) -> nodes``, which builds the results and closes the callback
+        event; the instrumentation end event follows once the callback event has closed.
+        """
         payload = self._start(nodes, query_bundle)  # type: ignore[arg-type]
+        done: list[list[NodeWithScore]] = []
         with self.callback_manager.event(CBEventType.RERANKING, payload=payload) as event:
-            ranked = await asyncio.to_thread(self.rank_texts, query, texts)
-            reranked = self._results(nodes, ranked)
-            event.on_end(payload={EventPayload.NODES: reranked})
-        dispatcher.event(ReRankEndEvent(nodes=reranked))
-        return reranked
+
+            def finish(ranked: list[tuple[int, float]]) -> list[NodeWithScore]:
+                done.append(self._results(nodes, ranked))
+                event.on_end(payload={EventPayload.NODES: done[-1]})
+                return done[-1]
+
+            yield finish
+        dispatcher.event(ReRankEndEvent(nodes=done[-1]))
