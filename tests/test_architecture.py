@@ -154,6 +154,18 @@ def test_layer_rules() -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_the_runtime_imports_only_itself_and_leaves() -> None:
+    """Not even the one-release shims at the old paths: they point into runtime/, not back."""
+    problems = [
+        f"{module} imports {target}"
+        for module, edges in sorted(_graph().items())
+        if _group(module) == "runtime"
+        for target in sorted(edges)
+        if _group(target) != "runtime" and _layer(target) != 0
+    ]
+    assert not problems, "\n".join(problems)
+
+
 def test_leaves_import_nothing_from_the_package() -> None:
     graph = _graph()
     for module in graph:
