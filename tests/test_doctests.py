@@ -17,6 +17,7 @@ MODULES = [
     "bge_rerank_plugins.finetune.sources",
     "bge_rerank_plugins.runtime.first_token",
     "bge_rerank_plugins.runtime.loading",
+    "bge_rerank_plugins.runtime.heads",
     "bge_rerank_plugins.runtime.half_weights",
     "bge_rerank_plugins.tokenization",
     "bge_rerank_plugins.runtime.backends.torch_int8",

@@ -26,6 +26,7 @@ _EXPORTS = {
     "ModelFilesError": "errors",
     "DeviceUnavailableError": "errors",
     "NonFiniteScoreError": "errors",
+    "RandomHeadError": "errors",
     "RerankerError": "errors",
     "clear_model_cache": "runtime.loading",
     "BGEReranker": "llama_index",
@@ -50,6 +51,7 @@ __all__ = [
     "ModelNotFoundError",
     "NonFiniteScoreError",
     "PassageTemplate",
+    "RandomHeadError",
     "Ranked",
     "RerankerError",
     "ScoreCache",
@@ -69,6 +71,7 @@ if TYPE_CHECKING:
         ModelFilesError,
         ModelNotFoundError,
         NonFiniteScoreError,
+        RandomHeadError,
         RerankerError,
     )
     from .fields import PassageTemplate

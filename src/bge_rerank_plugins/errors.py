@@ -10,6 +10,7 @@ __all__ = [
     "ModelFilesError",
     "ModelNotFoundError",
     "NonFiniteScoreError",
+    "RandomHeadError",
     "RerankerError",
 ]
 
@@ -49,4 +50,14 @@ class DeviceUnavailableError(RerankerError, ValueError):
 
     For example ``device="cuda"`` where no CUDA GPU is visible (a CPU-only torch build, or
     ``CUDA_VISIBLE_DEVICES`` hiding them), or ``"cuda:1"`` with a single GPU.
+    """
+
+
+class RandomHeadError(RerankerError):
+    """Loading the model would leave some of its weights newly initialised at random.
+
+    ``transformers`` loads a base encoder, a bi-encoder or a sentence-transformers modular model
+    (``modules.json``) as a sequence classifier with only a warning, and a fresh random
+    ``classifier`` head: every score would be noise. The message names the missing weights and
+    says what the folder looks like and what to do.
     """

@@ -92,11 +92,20 @@ def read_state_dict(path: str, dtype: Any, slice_bytes: int = SLICE_BYTES) -> di
     return state
 
 
-def load_half_precision(source: str, config: Any, dtype: Any, options: dict[str, Any]) -> Any:
+def load_half_precision(
+    source: str, config: Any, dtype: Any, options: dict[str, Any], *, name: str | None = None
+) -> Any:
     """The sequence-classification network of ``source`` in ``dtype``, or ``None`` when this
     path does not apply (see the module docstring); ``options`` are ``from_pretrained``'s
-    ``revision`` and ``trust_remote_code``."""
+    ``revision`` and ``trust_remote_code``; ``name`` is the model's name in error messages.
+
+    Raises:
+        RandomHeadError: the state dict lacks some of the network's weights (a base encoder, a
+            sentence-transformers modular model), which would be initialised at random.
+    """
     from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING
+
+    from .heads import new_weight_names, raise_if_new_weights
 
     if getattr(config, "auto_map", None):
         return None  # custom code decides its own class and loading
@@ -114,10 +123,14 @@ def load_half_precision(source: str, config: Any, dtype: Any, options: dict[str,
     if path is None:
         return None
     logger.debug("Reading %s into %s a slice at a time", path, dtype)
-    return network_class.from_pretrained(
+    network, info = network_class.from_pretrained(
         # A copy: from_pretrained records its choices (dtype, attention) on the config it gets.
         None,
         config=copy.deepcopy(config),
         state_dict=read_state_dict(path, dtype),
         dtype=dtype,
+        output_loading_info=True,
     )
+    missing = new_weight_names(info)
+    raise_if_new_weights(name or source, source, config, missing, options.get("revision"))
+    return network

@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ModelFilesError, ModelNotFoundError
+from ..errors import ModelFilesError, ModelNotFoundError, RandomHeadError
 from ..tokenization import clean
 from .device import resolve_device, resolve_dtype
+from .heads import missing_from_checkpoint, new_weight_names, raise_if_new_weights
 
 __all__ = [
     "TOKENIZER_FILES",
@@ -102,18 +103,24 @@ class LoadedModel:
         network = None
         try:
             if dtype in (torch.float16, torch.bfloat16):
-                network = load_half_precision(self.source, self.config, dtype, self.load_options)
-            if network is None:
-                network = AutoModelForSequenceClassification.from_pretrained(
-                    self.source, dtype=dtype, **self.load_options
+                network = load_half_precision(
+                    self.source, self.config, dtype, self.load_options, name=self.name
                 )
+            if network is None:
+                network, info = AutoModelForSequenceClassification.from_pretrained(
+                    self.source, dtype=dtype, output_loading_info=True, **self.load_options
+                )
+                # Never a random head: a base encoder or a modular model loads with a warning.
+                revision = self.load_options.get("revision")
+                missing = new_weight_names(info)
+                raise_if_new_weights(self.name, self.source, self.config, missing, revision)
         except torch.OutOfMemoryError:
             raise
         except Exception as error:
             local = Path(self.source).is_dir()
             if isinstance(error, OSError) and not local:
                 raise  # the Hub could not provide them: load_cross_encoder explains that
-            if isinstance(error, (ModelFilesError, ImportError)):
+            if isinstance(error, (ModelFilesError, RandomHeadError, ImportError)):
                 raise
             raise ModelFilesError(
                 f"model={self.name!r}: could not load the weights from {self.source} "
@@ -347,6 +354,14 @@ def load_cross_encoder(
             if use_cache:
                 with _cache_lock:
                     loaded = _cache.setdefault(key, loaded)
+        if not load_weights and not loaded.weights_loaded:
+            # Backends with a copy of their own (an ONNX graph exported earlier) may never load
+            # the torch weights: check the checkpoint's weight names for a missing head.
+            from .half_weights import single_safetensors_file
+
+            weights = single_safetensors_file(source, revision)
+            missing = missing_from_checkpoint(weights, loaded.config)
+            raise_if_new_weights(name, source, loaded.config, missing, revision)
         if load_weights:
             # Loads them once per cache entry (also one made earlier without), so a broken
             # model fails here rather than at the first score.
