@@ -35,14 +35,17 @@ __all__ = [
 # ---------------------------------------------------------------- argument types
 # argparse turns the ArgumentTypeError raised here into "bge-rerank <cmd>: error: argument
 # --top-k: ..." and exit status 2, naming the option.
+def _whole_number(value: str, expected: str) -> int:
+    """``value`` as an int, or the ArgumentTypeError saying what was ``expected``."""
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {value!r}") from None
+
+
 def positive_int(value: str) -> int:
     """An int >= 1 (``--top-k``, ``--threads``, ``--max-documents``, ``--batch-size``...)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a positive whole number, got {value!r}"
-        ) from None
+    number = _whole_number(value, "a positive whole number")
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
     return number
@@ -50,10 +53,7 @@ def positive_int(value: str) -> int:
 
 def non_negative_int(value: str) -> int:
     """An int >= 0 (``--cache-size``)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {value!r}") from None
+    number = _whole_number(value, "a whole number >= 0")
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {number}")
     return number
@@ -61,12 +61,7 @@ def non_negative_int(value: str) -> int:
 
 def port_arg(value: str) -> int:
     """A TCP port number, 1 to 65535."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a port number (1-65535), got {value!r}"
-        ) from None
+    number = _whole_number(value, "a port number (1-65535)")
     if not 1 <= number <= 65535:
         raise argparse.ArgumentTypeError(f"a port is 1 to 65535, got {number}")
     return number
@@ -76,12 +71,7 @@ def max_length_arg(value: str) -> int | str:
     """``--max-length``: an int >= 8 (tokens per pair) or ``auto``."""
     if value.strip().lower() == "auto":
         return "auto"
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of tokens (at least 8) or 'auto', got {value!r}"
-        ) from None
+    number = _whole_number(value, "a number of tokens (at least 8) or 'auto'")
     if number < 8:
         raise argparse.ArgumentTypeError(f"must be at least 8 tokens (or 'auto'), got {number}")
     return number

@@ -1,18 +1,7 @@
 """The training-data record formats: one parser per format, format detection.
 
-==========================  ===========================================================
-format                      record
-==========================  ===========================================================
-``llama_index``             ``{"query", "context", "score"}`` or LlamaIndex's
-                            ``CrossEncoderFinetuningDatasetSample`` objects
-``pointwise``               ``{"query", "passage", "score"}`` (``"label"`` also accepted)
-``triplet``                 ``{"query", "pos_doc", "neg_doc"}``
-``flag``                    FlagEmbedding JSONL ``{"query", "pos": [..], "neg": [..],
-                            "pos_scores"?: [..], "neg_scores"?: [..]}``
-``group``                   :class:`~bge_rerank_plugins.finetune.records.TrainingGroup`
-                            spelled as a dict: ``{"query", "positives": [..],
-                            "negatives"?: [..], "positive_scores"?, "negative_scores"?}``
-==========================  ===========================================================
+The formats and their fields are listed in :mod:`bge_rerank_plugins.finetune.data`, the
+public facade over this module.
 
 :func:`parse_records` reads ``(where, record)`` pairs of one format (``format="auto"``: the
 first record decides, :func:`detect_format`) into groups. A malformed record raises a
