@@ -6,6 +6,7 @@
         --backends torch,torch-fp16,torch-bf16 --peers st,flag   # v2-m3 shape on a GPU
     python benchmarks/bench_scorer.py --model DIR --pairs 100 --repeats 3
     python benchmarks/bench_scorer.py --quick              # CI: scores agree? (under a minute)
+    python benchmarks/bench_scorer.py --model qwen3-shape --pairs 96 --queries 4  # causal LMs
 
 Peers: sentence-transformers ``CrossEncoder.predict``, FlagEmbedding ``FlagReranker
 .compute_score`` and a naive Hugging Face loop (input order, every pair padded to max_length).
@@ -52,6 +53,8 @@ from workload import (  # noqa: E402
 )
 
 PEERS = ("st", "flag", "hf")
+#: Random causal-LM reranker shapes, timed by benchmarks/bench_causal.py against their peer.
+CAUSAL_SHAPES = ("qwen3-shape", "gemma-shape")
 LABELS = {
     "ours": "bge-rerank-plugins",
     "st": "sentence-transformers predict",
@@ -398,7 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         default="minilm",
         help="minilm, xlmr-base (bge-reranker-base shape), xlmr-large (bge-reranker-v2-m3 "
-        "shape) or a model dir",
+        "shape), qwen3-shape (Qwen3-Reranker-0.6B shape, vs sentence-transformers), "
+        "gemma-shape (bge-reranker-v2-gemma shape, vs FlagEmbedding) or a model dir",
     )
     parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N (every library)")
     parser.add_argument(
@@ -432,6 +436,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atol", type=float, default=1e-4, help="float32 agreement tolerance")
     parser.add_argument("--quick", action="store_true", help="agreement check only, < 1 min")
     parser.add_argument("--json", type=Path, default=None, help="write all results here")
+    parser.add_argument(
+        "--layers", type=int, default=4, help="decoder layers of qwen3-shape / gemma-shape"
+    )
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -442,6 +449,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if args.model in CAUSAL_SHAPES:  # causal-LM rerankers: benchmarks/bench_causal.py
+        from bench_causal import run_causal
+
+        pairs, source = _pairs(args, max(1, args.pairs // args.queries))
+        return run_causal(args, pairs, source, ROOT)
     return run_quick(args) if args.quick else run_full(args)
 
 

@@ -9,8 +9,14 @@ LangChain, on queries the reranker never saw.
 2. Runs a LlamaIndex query engine (MiniLM bi-encoder retrieval, ``BGEReranker(top_n=3)``, a mock
    LLM) and a LangChain ``ContextualCompressionRetriever`` (BM25 retrieval,
    ``BGERerankCompressor(top_n=3)``) over ``examples/data/demo_docs.jsonl`` for held-out queries,
-   printing the first-stage order next to the reranked order, with scores as bars and timings.
-   A check mark says whether the known relevant document came first: the demo shows misses too.
+   printing the first-stage order next to the reranked order (raw logits, which do not
+   saturate at 1.000 as the sigmoid does; bars show the sigmoid) and timings. A check mark says
+   whether the known relevant document came first: the demo shows misses too.
+   The dense pipeline also shows the reranker's scores *fused* with the retriever's
+   (``CrossEncoderScorer.rank(..., first_stage_scores=..., fusion=...)``): a min-max blend whose
+   weight ``fit_fusion`` learns on the training queries (5-fold cross-validation), never on
+   the queries it reports; per query and in total it says which of first stage, reranked and
+   fused had the relevant document at rank 1.
 3. Says how to switch to ``BAAI/bge-reranker-v2-m3``.
 
     python examples/demo.py                 # what `make demo` runs
@@ -23,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import time
 import warnings
@@ -89,9 +96,8 @@ def build_reranker(cache: Path, epochs: int, retrain: bool, clock: Clock) -> Pat
     return output
 
 
-def first_stage_llama_index(docs: list[dict]):
-    """A LlamaIndex VectorStoreIndex on the MiniLM bi-encoder (real sentence embeddings)."""
-    from llama_index.core import Document, Settings, VectorStoreIndex
+def minilm_embedding():
+    """The MiniLM bi-encoder (real sentence embeddings) as a LlamaIndex embedding model."""
     from llama_index.core.base.embeddings.base import BaseEmbedding
     from pydantic import PrivateAttr
     from sentence_transformers import SentenceTransformer
@@ -120,11 +126,49 @@ def first_stage_llama_index(docs: list[dict]):
         async def _aget_query_embedding(self, query: str) -> list[float]:
             return self._get_query_embedding(query)
 
-    Settings.embed_model = MiniLMEmbedding()
+    return MiniLMEmbedding()
+
+
+def first_stage_llama_index(docs: list[dict], embed):
+    """A LlamaIndex VectorStoreIndex on the MiniLM bi-encoder (cosine similarity scores)."""
+    from llama_index.core import Document, Settings, VectorStoreIndex
+
+    Settings.embed_model = embed
     documents = [
         Document(text=d["text"], metadata={"title": d["title"]}, id_=d["_id"]) for d in docs
     ]
     return VectorStoreIndex.from_documents(documents, show_progress=True)
+
+
+def fit_dense_fusion(scorer, embed, train: list[dict]):
+    """Learn the blend weight of reranker and dense scores on the *training* queries.
+
+    Each training query's candidates (its positive and its keyword-trap negatives) are scored by
+    the same MiniLM bi-encoder the dense first stage uses (cosine similarity), then
+    ``fit_fusion`` picks the weight with the best nDCG@10 (5-fold cross-validation over these
+    queries). The held-out queries the demo reports are never used here. The reranker was
+    fine-tuned on these queries, so its scores on them are optimistic; where several weights
+    tie, ``fit_fusion`` takes the middle of the plateau, which keeps a share for the first stage.
+    """
+    from bge_rerank_plugins.evaluation import LabelledQuery, fit_fusion
+
+    data = []
+    for i, record in enumerate(train):
+        texts = list(record["pos"]) + list(record["neg"])
+        grades = [1.0] * len(record["pos"]) + [0.0] * len(record["neg"])
+        q = embed.get_query_embedding(record["query"])
+        cosine = [sum(a * b for a, b in zip(q, t)) for t in embed.get_text_embedding_batch(texts)]
+        order = sorted(range(len(texts)), key=lambda j: -cosine[j])  # first-stage order
+        data.append(
+            LabelledQuery(
+                record["query"],
+                [texts[j] for j in order],
+                [grades[j] for j in order],
+                first_stage_scores=[cosine[j] for j in order],
+                qid=f"train-{i}",
+            )
+        )
+    return fit_fusion(scorer, data, method="blend", folds=5, k=10, show_progress_bar=False)
 
 
 def bm25_retriever(docs: list[dict], k: int):
@@ -159,8 +203,14 @@ def show(
     first: list[tuple[str, str]],
     reranked: list[tuple[str, str, float]],
     relevant: set[str],
-) -> bool:
-    """Print both orders; return whether the reranker put a relevant document first."""
+    fused: list[tuple[str, str, float]] | None = None,
+) -> tuple[bool, bool]:
+    """Print the orders; return whether the reranker, and the fusion, put a relevant doc first.
+
+    Reranked scores are the reranker's raw logits (a fine-tuned model's sigmoid saturates:
+    several documents would all show 1.000); the bar is their sigmoid. Fused scores are in
+    [0, 1] (a blend of min-max scaled scores), shown as they are.
+    """
     hit = bool(reranked) and reranked[0][0] in relevant
     first_hit = bool(first) and first[0][0] in relevant
     print(f"\n   Q: {title}")
@@ -170,12 +220,22 @@ def show(
         + " ..."
     )
     print(f"      first stage rank 1 relevant: {'yes' if first_hit else 'no'}")
+    print("      reranked (raw logit, bar = sigmoid):")
     for rank, (doc_id, text, score) in enumerate(reranked, 1):
         mark = "*" if doc_id in relevant else " "
-        print(f"      {rank}. {score:.3f} {bar(score)} {mark}{doc_id:<18} {text[:60]}")
+        shown = bar(1 / (1 + math.exp(-score)))
+        print(f"      {rank}. {score:+7.3f} {shown} {mark}{doc_id:<18} {text[:52]}")
     verdict = "yes ✓" if hit else "NO ✗ (the small model got it wrong)"
     print(f"      reranked rank 1 relevant: {verdict}")
-    return hit
+    if fused is None:
+        return hit, hit
+    fused_hit = bool(fused) and fused[0][0] in relevant
+    print("      fused with the first stage (fused score):")
+    for rank, (doc_id, text, score) in enumerate(fused, 1):
+        mark = "*" if doc_id in relevant else " "
+        print(f"      {rank}. {score:7.4f} {bar(score)} {mark}{doc_id:<18} {text[:52]}")
+    print(f"      fused rank 1 relevant: {'yes ✓' if fused_hit else 'NO ✗'}")
+    return hit, fused_hit
 
 
 def main() -> None:
@@ -209,25 +269,54 @@ def main() -> None:
     start = time.perf_counter()
     from llama_index.core.llms import MockLLM
 
-    index = first_stage_llama_index(docs)
+    embed = minilm_embedding()
+    index = first_stage_llama_index(docs, embed)
+    # normalize=False: raw logits, which keep their order where the sigmoid saturates at 1.000.
+    reranker = BGEReranker(scorer=scorer, top_n=3, normalize=False)
     engine = index.as_query_engine(
-        similarity_top_k=10,
-        node_postprocessors=[BGEReranker(scorer=scorer, top_n=3)],
-        llm=MockLLM(),
+        similarity_top_k=10, node_postprocessors=[reranker], llm=MockLLM()
     )
     retriever = index.as_retriever(similarity_top_k=10)
     clock.step("index 26 documents", time.perf_counter() - start)
-    llama_hits = first_hits_llama = 0
+
+    # Fusion: the weight is learnt on the training queries only, never on the queries below.
+    start = time.perf_counter()
+    fit = fit_dense_fusion(scorer, embed, read_jsonl(DATA / "demo_train.jsonl")).fusion
+    fusion = fit.config
+    print(
+        f"\n   Fusion with the dense scores, learnt on the {len(fit.heldout_values)} training "
+        f"queries: {fusion.describe()}\n   (fused = {fusion.weight:.2f} x reranker + "
+        f"{1 - fusion.weight:.2f} x dense, each min-max scaled per query.\n   {fit.metric} on "
+        f"those queries: first stage {fit.first_stage:.3f}, reranker {fit.reranker:.3f} "
+        f"(trained on them), fused {fit.heldout:.3f} (weight chosen on the other folds))"
+    )
+    clock.step("fit the fusion weight", time.perf_counter() - start)
+    llama_hits = first_hits_llama = fused_hits = 0
     start = time.perf_counter()
     for q in queries:
         relevant = set(q["relevant"])
+        hits = retriever.retrieve(q["query"])  # cosine similarity, best first
         # Nodes carry their source document's id as ref_doc_id.
-        first = [(n.node.ref_doc_id, n.node.get_content()) for n in retriever.retrieve(q["query"])]
+        first = [(n.node.ref_doc_id, n.node.get_content()) for n in hits]
         response = engine.query(q["query"])
         reranked = [
             (n.node.ref_doc_id, n.node.get_content(), n.score) for n in response.source_nodes
         ]
-        llama_hits += show(q["query"], first, reranked, relevant)
+        # FUSION SPOT: BGEReranker has no fusion option yet, so the fused order comes from the
+        # scorer itself, on the very texts BGEReranker scores and the retriever's own scores.
+        # Once BGEReranker takes fusion=FusionConfig(...), pass fusion=fusion to it above and
+        # read the fused order from response.source_nodes instead.
+        ranked = scorer.rank(
+            q["query"],
+            [reranker.node_text(n, i) for i, n in enumerate(hits)],
+            top_k=3,
+            first_stage_scores=[n.score for n in hits],
+            fusion=fusion,
+        )
+        fused = [(first[r.index][0], first[r.index][1], r.fused_score) for r in ranked]
+        hit, fused_hit = show(q["query"], first, reranked, relevant, fused)
+        llama_hits += hit
+        fused_hits += fused_hit
         first_hits_llama += first[0][0] in relevant
     clock.step(f"LlamaIndex, {len(queries)} queries", time.perf_counter() - start)
 
@@ -237,7 +326,8 @@ def main() -> None:
     start = time.perf_counter()
     base = bm25_retriever(docs, k=10)
     compression = ContextualCompressionRetriever(
-        base_compressor=BGERerankCompressor(scorer=scorer, top_n=3), base_retriever=base
+        base_compressor=BGERerankCompressor(scorer=scorer, top_n=3, normalize=False),
+        base_retriever=base,
     )
     chain_hits = first_hits_bm25 = 0
     for q in queries:
@@ -248,15 +338,22 @@ def main() -> None:
             (d.metadata["id"], text_of[d.metadata["id"]], d.metadata["relevance_score"])
             for d in kept
         ]
-        chain_hits += show(q["query"], first, reranked, relevant)
+        chain_hits += show(q["query"], first, reranked, relevant)[0]
         first_hits_bm25 += first[0][0] in relevant
     clock.step(f"LangChain, {len(queries)} queries", time.perf_counter() - start)
 
     n = len(queries)
     print("\n   Relevant document at rank 1 (held-out queries, never seen in training):")
-    print("   | pipeline   | first stage | after reranking |\n   |---|---|---|")
-    print(f"   | LlamaIndex (MiniLM dense) | {first_hits_llama}/{n} | {llama_hits}/{n} |")
-    print(f"   | LangChain (BM25)          | {first_hits_bm25}/{n} | {chain_hits}/{n} |")
+    print("   | pipeline | first stage | after reranking | fused |\n   |---|---|---|---|")
+    print(
+        f"   | LlamaIndex (MiniLM dense) | {first_hits_llama}/{n} | {llama_hits}/{n} "
+        f"| {fused_hits}/{n} |"
+    )
+    print(f"   | LangChain (BM25)          | {first_hits_bm25}/{n} | {chain_hits}/{n} | - |")
+    print(
+        f"   dense: first stage {first_hits_llama}/{n} at rank 1, reranked {llama_hits}/{n} at "
+        f"rank 1, fused {fused_hits}/{n} at rank 1"
+    )
     print(f"\n   Total time: {time.perf_counter() - total:.1f}s")
     print(
         "\n3. On a machine that can download it, switch to the production reranker (multilingual,"

@@ -32,8 +32,18 @@ MAX_LINES = 400
 
 LEAVES = {"errors", "fields", "batching", "score_cache", "tokenization", "jsonl"}
 RUNTIME = {"runtime", "loading", "first_token", "half_weights", "backends"}
-CORE = {"config", "scorer", "chunking"}
-SUPPORT = {"adapter_options", "beir", "bm25", "minilm", "testing"}
+CORE = {"config", "scorer", "chunking", "fusion", "calibration", "ranking"}
+SUPPORT = {
+    "adapter_options",
+    "adapter_ranking",
+    "adapter_scoring",
+    "beir",
+    "bm25",
+    "minilm",
+    "remote",
+    "testing",
+    "testing_causal",
+}
 CONSUMERS = {"llama_index", "langchain", "evaluation", "finetune"}
 ENTRY_POINTS = {"cli", "server", "ray_scoring"}
 LAYERS = [LEAVES, RUNTIME, CORE, SUPPORT, CONSUMERS, ENTRY_POINTS]
@@ -42,6 +52,9 @@ LAYERS = [LEAVES, RUNTIME, CORE, SUPPORT, CONSUMERS, ENTRY_POINTS]
 ALLOWED_EXCEPTIONS = {
     # LlamaIndex's finetune engine API returns the postprocessor from get_finetuned_model.
     ("finetune.engine", "llama_index"),
+    # The engine's held-out yardstick reports nDCG@10 as evaluate_models defines it (one
+    # definition of the metric, pure functions with no imports of their own).
+    ("finetune.holdout", "evaluation.metrics"),
 }
 
 

@@ -209,9 +209,13 @@ def _adapter_classes() -> list[type]:
     except ImportError:  # pragma: no cover - depends on the installed extras
         pass
     try:
-        from bge_rerank_plugins.langchain import BGECrossEncoder, BGERerankCompressor
+        from bge_rerank_plugins.langchain import (
+            BGECrossEncoder,
+            BGERerankCompressor,
+            BGERerankRetriever,
+        )
 
-        classes += [BGERerankCompressor, BGECrossEncoder]
+        classes += [BGERerankCompressor, BGERerankRetriever, BGECrossEncoder]
     except ImportError:  # pragma: no cover
         pass
     return classes

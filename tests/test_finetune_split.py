@@ -109,7 +109,8 @@ def test_config_is_frozen_keyword_only_and_holds_the_defaults() -> None:
     assert {
         f.name: f.default for f in dataclasses.fields(FinetuneConfig)
     }.items() <= DEFAULTS.items()
-    assert DEFAULTS["learning_rate"] == 2e-4 and DEFAULTS["auto_max_length_cpu"] == 192
+    assert DEFAULTS["learning_rate"] == "auto" and DEFAULTS["auto_max_length_cpu"] == 192
+    assert DEFAULTS["max_minutes"] == 30.0 and DEFAULTS["holdout"] == "auto"
     assert FinetuneConfig(loss=None).loss == "auto"
     assert FinetuneConfig(epochs=3.0).epochs == 3 and type(FinetuneConfig(epochs=3.0).epochs) is int
 
@@ -150,7 +151,7 @@ def test_engine_signature_lists_every_option(tiny_bert: Path, tmp_path: Path) ->
         "epochs", "show_progress_bar", "evaluation_steps",
     ]  # fmt: skip
     assert params["learning_rate"].kind is inspect.Parameter.KEYWORD_ONLY
-    assert params["learning_rate"].default == 2e-4
+    assert params["learning_rate"].default == "auto"
     assert {f.name for f in dataclasses.fields(FinetuneConfig)} <= set(params)
     with pytest.raises(TypeError, match="learning_rte"):
         _engine(tiny_bert, tmp_path / "o", learning_rte=1e-4)

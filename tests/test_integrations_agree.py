@@ -28,8 +28,18 @@ RECORDS = [
 
 
 def llama_scores(reranker: BGEReranker) -> list[float]:
+    # BGEReranker scores get_content(MetadataMode.EMBED), as LlamaIndex's rerankers do; keeping
+    # the title out of it scores the same text as the LangChain adapters (the page content).
     nodes = [
-        NodeWithScore(node=TextNode(text=text, id_=str(i), metadata={"title": title}), score=0.0)
+        NodeWithScore(
+            node=TextNode(
+                text=text,
+                id_=str(i),
+                metadata={"title": title},
+                excluded_embed_metadata_keys=["title"],
+            ),
+            score=0.0,
+        )
         for i, (title, text) in enumerate(RECORDS)
     ]
     out = reranker.postprocess_nodes(nodes, query_str=QUERY)

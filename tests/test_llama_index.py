@@ -116,6 +116,9 @@ def make_nodes(texts: list[str], scores: list[float] | None = None) -> list[Node
 
 
 TEXTS = [f"Note {i}: {TOPICS[i % len(TOPICS)]}" for i in range(8)]
+# What BGEReranker scores by default: node.get_content(MetadataMode.EMBED), the title then the text
+# (as LlamaIndex's SentenceTransformerRerank and FlagEmbeddingReranker do).
+SCORED = [n.node.get_content(MetadataMode.EMBED) for n in make_nodes(TEXTS)]
 
 
 # ---------------------------------------------------------------- construction / serialization
@@ -208,7 +211,7 @@ def test_scores_sorted_top_n_floats_and_inputs_untouched(scorer: CrossEncoderSco
     before = [(n.node.node_id, n.score, dict(n.node.metadata)) for n in nodes]
     reranker = BGEReranker(scorer=scorer, top_n=3)
     out = reranker.postprocess_nodes(nodes, query_str="pandas eat bamboo")
-    expected = scorer.score("pandas eat bamboo", TEXTS)
+    expected = scorer.score("pandas eat bamboo", SCORED)
     best = sorted(range(len(TEXTS)), key=lambda i: -expected[i])[:3]
     assert [n.node.node_id for n in out] == [f"n{i}" for i in best]
     assert [n.score for n in out] == [expected[i] for i in best]
@@ -236,7 +239,7 @@ def test_keep_retrieval_score_copies_the_node(scorer: CrossEncoderScorer) -> Non
 
 def test_threshold_normalize_and_top_n_none(scorer: CrossEncoderScorer) -> None:
     query = "stock market"
-    raw = scorer.score(query, TEXTS, normalize=False)
+    raw = scorer.score(query, SCORED, normalize=False)
     cut = sorted(raw)[len(raw) // 2]
     out = BGEReranker(
         scorer=scorer, top_n=None, normalize=False, score_threshold=cut
@@ -266,7 +269,10 @@ def test_text_to_score_metadata_mode_and_template(scorer: CrossEncoderScorer) ->
     expected = scorer.score(query, [templated.node_text(n) for n in nodes])
     got = {n.node.node_id: n.score for n in templated.postprocess_nodes(nodes, query_str=query)}
     assert [got[n.node.node_id] for n in nodes] == expected
-    assert BGEReranker(scorer=scorer).node_text(nodes[1]) == TEXTS[1]
+    embed = f"title: T1\nsection: Intro\n\n{TEXTS[1]}"  # the default, MetadataMode.EMBED
+    assert BGEReranker(scorer=scorer).node_text(nodes[1]) == embed
+    plain = BGEReranker(scorer=scorer, metadata_mode=MetadataMode.NONE)
+    assert plain.node_text(nodes[1]) == TEXTS[1]
 
 
 def test_lazy_scorer_is_built_once_and_shared_weights(tiny_xlmr: Path) -> None:
@@ -278,7 +284,7 @@ def test_lazy_scorer_is_built_once_and_shared_weights(tiny_xlmr: Path) -> None:
     assert first is reranker.get_scorer()
     other = CrossEncoderScorer(tiny_xlmr, device="cpu")
     assert other.model is first.model  # process-wide model cache
-    assert [n.score for n in out] == sorted(other.score("tower in Paris", TEXTS), reverse=True)[:2]
+    assert [n.score for n in out] == sorted(other.score("tower in Paris", SCORED), reverse=True)[:2]
 
 
 # ---------------------------------------------------------------- async
@@ -332,7 +338,7 @@ def test_query_engine_end_to_end(
     query = "what do giant pandas eat?"
     retrieved = index.as_retriever(similarity_top_k=10).retrieve(query)
     assert len(retrieved) == 10
-    expected = scorer.score(query, [n.node.get_content(MetadataMode.NONE) for n in retrieved])
+    expected = scorer.score(query, [n.node.get_content(MetadataMode.EMBED) for n in retrieved])
     order = sorted(range(10), key=lambda i: (-expected[i], i))[:3]
     want = [(retrieved[i].node.node_id, expected[i]) for i in order]
 

@@ -71,11 +71,18 @@ def test_a_base_encoder_is_refused_naming_the_head(base_encoder: Path, dtype: st
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_a_sentence_transformers_modular_model_is_refused(st_modular: Path, dtype: str) -> None:
+    # As a sequence classifier it would get a random head; family="auto" loads its modules
+    # (tests/test_family_st_modular.py). This one writes no score at all (no Dense to "scores").
     with pytest.raises(RandomHeadError) as caught:
-        CrossEncoderScorer(str(st_modular), device="cpu", dtype=dtype)
+        CrossEncoderScorer(
+            str(st_modular), device="cpu", dtype=dtype, family="sequence-classification"
+        )
     message = str(caught.value)
     assert "classifier.weight" in message
     assert "sentence-transformers modular model" in message and "not supported" in message
+    assert "family='st-modular'" in message
+    with pytest.raises(RandomHeadError, match=r"no module of .* writes a score"):
+        CrossEncoderScorer(str(st_modular), device="cpu", dtype=dtype)
 
 
 def test_the_half_precision_state_dict_path_checks_too(base_encoder: Path) -> None:

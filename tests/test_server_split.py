@@ -31,7 +31,7 @@ from bge_rerank_plugins.server.errors import (
     ApiError,
     ErrorKind,
 )
-from bge_rerank_plugins.server.routes import ROUTERS, cohere, ops, tei
+from bge_rerank_plugins.server.routes import ROUTERS, cohere, ops, tei, vllm
 from bge_rerank_plugins.server.service import ScorerService
 
 SERVER = Path(__file__).resolve().parent.parent / "src" / "bge_rerank_plugins" / "server"
@@ -56,6 +56,9 @@ def test_handlers_are_module_level_functions_without_closures():
         ("/rerank", "POST"): tei.rerank_tei,
         ("/v1/rerank", "POST"): cohere.rerank_v1,
         ("/v2/rerank", "POST"): cohere.rerank_v2,
+        ("/score", "POST"): vllm.score,
+        ("/v1/score", "POST"): vllm.score,
+        ("/v1/models", "GET"): vllm.list_models,
         ("/health", "GET"): ops.health,
         ("/metrics", "GET"): ops.metrics,
         ("/info", "GET"): ops.info,
@@ -70,7 +73,8 @@ def test_handlers_are_module_level_functions_without_closures():
         assert handler.__closure__ is None, f"{handler.__name__} closes over app state"
         assert "<locals>" not in handler.__qualname__
     app = create_app(ServerConfig(model="m"), scorer_factory=lambda: FakeScorer([0.0]))
-    paths = ["/rerank", "/v1/rerank", "/v2/rerank", "/health", "/metrics", "/info"]
+    paths = ["/rerank", "/v1/rerank", "/v2/rerank", "/score", "/v1/score", "/v1/models"]
+    paths += ["/health", "/metrics", "/info"]
     assert list(app.openapi()["paths"]) == paths
 
 

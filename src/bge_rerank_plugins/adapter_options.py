@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
-import os
 import threading
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, ClassVar, Literal, Union
@@ -42,8 +40,11 @@ from pydantic import (
     model_validator,
 )
 
+from . import adapter_ranking as reranking
+from . import adapter_scoring as scoring
 from .config import DEFAULT_MODEL, SCORER_CONFIG_FIELDS, ScorerConfig, dtype_from_use_fp16
 from .fields import PassageTemplate
+from .fusion import FusionConfig
 from .runtime.backends import BACKENDS, describe
 from .scorer import CrossEncoderScorer
 
@@ -69,7 +70,7 @@ _build_lock = threading.Lock()
 
 
 def build_scorer(options: ScorerOptions) -> CrossEncoderScorer:
-    """Load the :class:`CrossEncoderScorer` that ``options`` describe.
+    """Load the :class:`CrossEncoderScorer` that ``options`` describe (a remote one for a URL).
 
     The weights come from the process-wide model cache, so adapters on the same model, device
     and precision share one copy even when each builds its own scorer.
@@ -81,6 +82,8 @@ def build_scorer(options: ScorerOptions) -> CrossEncoderScorer:
         A new scorer (its weights possibly shared with other scorers).
     """
     logger.debug("Creating the scorer for model=%r", options.model)
+    if scoring.is_url(options.model):
+        return scoring.remote_scorer(options.model)
     return CrossEncoderScorer.from_config(options.scorer_config())
 
 
@@ -140,9 +143,10 @@ class ScorerOptions(BaseModel):
         description="Most padded tokens per forward pass (None: batch_size times the longest "
         "pair).",
     )
-    normalize: StrictBool = Field(
+    normalize: StrictBool | Literal["calibrated"] = Field(
         default=True,
-        description="True: sigmoid scores in [0, 1]; False: raw logits.",
+        description="True: sigmoid scores in [0, 1]; False: raw logits; 'calibrated': "
+        "probabilities of relevance from the model folder's reranker_calibration.json.",
     )
     cache_size: int = Field(
         default=0,
@@ -160,31 +164,29 @@ class ScorerOptions(BaseModel):
     trust_remote_code: StrictBool = Field(
         default=False, description="Allow custom model code from the Hub."
     )
-    scorer: CrossEncoderScorer | None = Field(
+    family: str = Field(
+        default="auto",
+        description="How the model is loaded and scored: 'auto' (from its files) or a family "
+        "name (docs/families.md).",
+    )
+    instruction: str | None = Field(
+        default=None,
+        description="Task text of the causal-LM families (None: the family's default).",
+    )
+    scorer: Any = Field(
         default=None,
         exclude=True,
         repr=False,
-        description="An existing scorer to share instead of loading a model (not serialized).",
+        description="A scorer to share instead of loading a model: a CrossEncoderScorer or "
+        "any object with its score/rank API, such as a RemoteScorer (not serialized).",
     )
-    _lazy_scorer: CrossEncoderScorer | None = PrivateAttr(default=None)
+    _lazy_scorer: Any = PrivateAttr(default=None)
+    _scorer_api = field_validator("scorer")(scoring.check_scorer)
 
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_as_str(cls, value: Any) -> Any:
-        if isinstance(value, os.PathLike):
-            return os.fspath(value)
-        return value
-
-    @field_validator(
+    _model_as_str = field_validator("model", mode="before")(scoring.model_as_str)
+    _no_bool_counts = field_validator(
         "batch_size", "max_length", "query_max_length", "token_budget", "cache_size", mode="before"
-    )
-    @classmethod
-    def _no_bool_counts(cls, value: Any, info: Any) -> Any:
-        # pydantic reads True as 1: a flag passed where a count belongs.
-        if isinstance(value, bool):
-            kind = "an int" if info.field_name == "cache_size" else "an int or None"
-            raise ValueError(f"{info.field_name} must be {kind}, not a bool ({value!r})")
-        return value
+    )(scoring.no_bool_count)
 
     @model_validator(mode="after")
     def _check_scorer_options(self) -> ScorerOptions:
@@ -198,25 +200,31 @@ class ScorerOptions(BaseModel):
 
     @model_validator(mode="after")
     def _adopt_shared_scorer(self) -> ScorerOptions:
-        if self.scorer is None:
+        if self.scorer is None and not scoring.is_url(self.model):
             return self
-        clashing = [name for name in LOADING_OPTIONS if name in self.model_fields_set]
+        clashing = scoring.loading_clashes(self, LOADING_OPTIONS)
         if clashing:
             raise ValueError(
                 f"{', '.join(clashing)}: these loading options belong to the scorer passed as "
-                "scorer=; set them when building that CrossEncoderScorer, or drop scorer= to "
-                "let this adapter load its own."
+                "scorer= (or runs on the server model= names); set them when building that "
+                "scorer, or drop scorer= to let this adapter load its own."
             )
-        if "model" in self.model_fields_set and self.model != self.scorer.model_name:
+        shared = getattr(self.scorer, "model_name", None)
+        if shared is None:  # a model URL, or a scorer that does not say
+            return self
+        if "model" in self.model_fields_set and self.model != shared:
             raise ValueError(
                 f"model={self.model!r} differs from the shared scorer's model "
-                f"{self.scorer.model_name!r}; pass only scorer=, or only model=."
+                f"{shared!r}; pass only scorer=, or only model=."
             )
         # Record what is really used, so events and serialized settings name the right model.
-        self.__dict__["model"] = self.scorer.model_name
+        self.__dict__["model"] = shared
         if "normalize" not in self.model_fields_set:
-            self.__dict__["normalize"] = self.scorer.normalize
+            self.__dict__["normalize"] = getattr(self.scorer, "normalize", self.normalize)
         return self
+
+    # normalize="calibrated" / fusion="auto" without the calibration file: refused now.
+    _calibration_present = model_validator(mode="after")(reranking.check_calibration)
 
     def __getstate__(self) -> dict[Any, Any]:
         """Pickle the options, not the model: the restored adapter loads ``model`` on first use.
@@ -248,7 +256,7 @@ class ScorerOptions(BaseModel):
         >>> ScorerOptions(dtype="bfloat16", batch_size=16).scorer_config().dtype
         'bfloat16'
         """
-        if self.scorer is not None:
+        if isinstance(getattr(self.scorer, "config", None), ScorerConfig):
             return self.scorer.config
         fields = type(self).model_fields
         values = {
@@ -279,6 +287,8 @@ class RerankOptions(ScorerOptions):
 
     #: Every ScorerConfig field is exposed (``template`` is applied by the adapter itself).
     SCORER_CONFIG_EXCLUDED: ClassVar[tuple[str, ...]] = ()
+    #: The values ``first_stage`` may take here (``"metadata:"`` is followed by a key).
+    FIRST_STAGE_SOURCES: ClassVar[tuple[str, ...]] = ("score", "rank", "metadata:")
 
     top_n: int | None = Field(
         default=3,
@@ -288,8 +298,25 @@ class RerankOptions(ScorerOptions):
     )
     score_threshold: float | None = Field(
         default=None,
-        description="Drop results scoring below this (compare with normalized scores in [0, 1] "
-        "unless normalize=False).",
+        description="Drop results whose reranker score is below this (in [0, 1] unless "
+        "normalize=False; a probability with 'calibrated'); never applied to results that "
+        "were not reranked (timeout).",
+    )
+    fusion: FusionConfig | Literal["auto"] | None = Field(
+        default=None,
+        description="Fuse the reranker's scores with the first stage's: a FusionConfig or a "
+        "dict of its fields (method 'blend'/'rrf', weight, rrf_k, normalization), or 'auto' "
+        "(the fusion saved in the model's calibration file); None: the reranker's order.",
+    )
+    first_stage: str = Field(
+        default="score",
+        description="Where each candidate's first-stage score comes from: 'score' (the "
+        "retriever's score), 'metadata:<key>' or 'rank' (the incoming order).",
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds; when reranking would take longer, the first-stage order is "
+        "returned, marked reranked=False (None: no deadline).",
     )
     template: str | list[str] | None = Field(
         default=None,
@@ -299,45 +326,15 @@ class RerankOptions(ScorerOptions):
     )
     _passage_template: PassageTemplate | None = PrivateAttr(default=None)
 
-    @field_validator("top_n", mode="before")
-    @classmethod
-    def _top_n_not_bool(cls, value: Any) -> Any:
-        if isinstance(value, bool):
-            raise ValueError(f"top_n must be a positive int or None, not a bool ({value!r})")
-        return value
-
-    @field_validator("score_threshold")
-    @classmethod
-    def _finite_threshold(cls, value: float | None) -> float | None:
-        # Every comparison with NaN is False, so score_threshold=nan would drop every result.
-        if value is not None and not math.isfinite(value):
-            raise ValueError(
-                f"score_threshold must be a finite number or None, got {value!r}; it would "
-                "drop every result (or keep every one). Use None to keep all results."
-            )
-        return value
-
-    @model_validator(mode="after")
-    def _threshold_in_score_range(self) -> RerankOptions:
-        if self.normalize and self.score_threshold is not None and self.score_threshold > 1:
-            raise ValueError(
-                f"score_threshold={self.score_threshold} is above 1, but normalize=True gives "
-                "scores in [0, 1], so every result would be dropped. Pass a threshold in "
-                "[0, 1], or normalize=False to compare with raw logits."
-            )
-        return self
-
-    @field_validator("template", mode="before")
-    @classmethod
-    def _template_spec(cls, value: Any) -> Any:
-        if isinstance(value, PassageTemplate):
-            if isinstance(value.template, str):
-                return value.template
-            separator = value.separator.replace("{", "{{").replace("}", "}}")
-            return separator.join("{" + name + "}" for name in value.template)
-        if isinstance(value, tuple):
-            return list(value)
-        return value
+    _top_n_not_bool = field_validator("top_n", mode="before", check_fields=False)(
+        scoring.top_n_not_bool
+    )
+    _finite_threshold = field_validator("score_threshold")(scoring.finite_threshold)
+    _threshold_in_score_range = model_validator(mode="after")(scoring.threshold_in_range)
+    _template_spec = field_validator("template", mode="before")(scoring.template_spec)
+    _fusion = field_validator("fusion", mode="before")(reranking.check_fusion)
+    _first_stage = field_validator("first_stage")(reranking.check_first_stage)
+    _timeout = field_validator("timeout", mode="before")(reranking.check_timeout_option)
 
     @model_validator(mode="after")
     def _compile_template(self) -> RerankOptions:
@@ -362,35 +359,37 @@ class RerankOptions(ScorerOptions):
             return text
         record = {**metadata, "text": text}
         if not self._passage_template.present_fields(record):
-            where = "a record" if index is None else f"record {index}"
-            raise ValueError(
-                f"template={self.template!r}: {where} has none of its fields "
-                f"{', '.join(self._passage_template.fields)} (its metadata has "
-                f"{', '.join(map(str, metadata)) or 'no keys'}), so it would be scored as "
-                "empty text. Fix the field names, or include 'text' (the node or document "
-                "text) in the template."
-            )
+            raise scoring.no_template_fields(self.template, self._passage_template, metadata, index)
         return self._passage_template.render(record)
 
-    def rank_texts(self, query: str, texts: Sequence[str]) -> list[tuple[int, float]]:
-        """Score ``texts`` against ``query``; return ``(input index, score)`` best first.
-
-        Ties keep input order; ``score_threshold`` then ``top_n`` are applied.
+    def rank_texts(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: Any = ...,
+        *,
+        retrieval_scores: Sequence[Any] | None = None,
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[reranking.Hit]:
+        """Rank ``texts`` for ``query``: :class:`~.adapter_ranking.Hit` ``(index, score,
+        details)``, best first; ties keep input order. ``score_threshold``, then ``top_n``
+        (``...``: the field's) apply. ``retrieval_scores`` / ``metadatas`` (one per text) are
+        where ``first_stage`` reads from, with ``fusion`` or ``timeout`` set
+        (:mod:`~bge_rerank_plugins.adapter_ranking`).
         """
-        if not isinstance(query, str):
-            raise TypeError(f"query must be a string, got {type(query).__name__}")
-        scores = self.get_scorer().score(query, list(texts), normalize=self.normalize)
-        order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))
-        if self.score_threshold is not None:
-            kept = [i for i in order if scores[i] >= self.score_threshold]
-            if len(kept) < len(order):
-                logger.debug(
-                    "score_threshold=%s dropped %d of %d results",
-                    self.score_threshold,
-                    len(order) - len(kept),
-                    len(order),
-                )
-            order = kept
-        if self.top_n is not None:
-            order = order[: self.top_n]
-        return [(i, scores[i]) for i in order]
+        top_n = scoring.rank_call(query, top_n, self.top_n)
+        return reranking.rerank(self, query, list(texts), top_n, retrieval_scores, metadatas)
+
+    async def arank_texts(
+        self,
+        query: str,
+        texts: Sequence[str],
+        top_n: Any = ...,
+        *,
+        retrieval_scores: Sequence[Any] | None = None,
+        metadatas: Sequence[Mapping[str, Any]] | None = None,
+    ) -> list[reranking.Hit]:
+        """Async :meth:`rank_texts`: awaits the scorer's ``arank``/``ascore``, or runs it in a
+        thread."""
+        top_n = scoring.rank_call(query, top_n, self.top_n)
+        return await reranking.arerank(self, query, list(texts), top_n, retrieval_scores, metadatas)

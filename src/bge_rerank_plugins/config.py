@@ -149,13 +149,20 @@ class ScorerConfig:
         batch_size: most pairs per forward pass (``None``: 8 on CPU, 32 on an accelerator).
         token_budget: most padded tokens per forward pass (``None``: ``batch_size *``
             the longest pair).
-        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits.
+        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits;
+            ``"calibrated"``: probabilities of relevance from the model folder's
+            ``reranker_calibration.json`` (:mod:`bge_rerank_plugins.calibration`; without the
+            file the scorer refuses to load).
         template: how records become passage text; stored as a
             :class:`~bge_rerank_plugins.fields.PassageTemplate` (or ``None``).
         cache_size: raw scores kept in an LRU cache (0: no cache).
         backend: one of :data:`bge_rerank_plugins.runtime.backends.BACKENDS`.
         revision: a Hub revision (branch, tag or commit).
         trust_remote_code: run custom model code from the model repository.
+        family: how the checkpoint is loaded and scored: ``"auto"`` (from the model's files) or
+            one of :func:`bge_rerank_plugins.runtime.families.family_choices` (docs/families.md).
+        instruction: the task text of the causal-LM families (``None``: the family's default);
+            the other families do not use it.
     """
 
     model: str = DEFAULT_MODEL
@@ -165,12 +172,14 @@ class ScorerConfig:
     query_max_length: int | None = None
     batch_size: int | None = None
     token_budget: int | None = None
-    normalize: bool = True
+    normalize: bool | Literal["calibrated"] = True
     template: PassageTemplate | None = None
     cache_size: int = 0
     backend: str = "torch"
     revision: str | None = None
     trust_remote_code: bool = False
+    family: str = "auto"
+    instruction: str | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are stored once, here
@@ -227,14 +236,26 @@ class ScorerConfig:
                 f"trust_remote_code must be True or False, got "
                 f"{type(self.trust_remote_code).__name__} {self.trust_remote_code!r}"
             )
+        from .runtime.families import family_choices
+
+        if not isinstance(self.family, str) or self.family not in family_choices():
+            raise ValueError(f"family must be one of {family_choices()}, got {self.family!r}")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise TypeError(
+                f"instruction must be a string or None, got {type(self.instruction).__name__}"
+            )
+        if isinstance(self.instruction, str) and not self.instruction.strip():
+            raise ValueError("instruction must not be blank; pass None for the family's default")
 
 
 def check_normalize(normalize: Any, name: str = "normalize") -> None:
-    """Refuse a ``normalize`` that is not a bool (``"no"`` is truthy, never silently true)."""
-    if not isinstance(normalize, bool):
+    """Refuse a ``normalize`` that is not a bool or ``"calibrated"`` (``"no"`` is truthy, never
+    silently true)."""
+    if not isinstance(normalize, bool) and normalize != "calibrated":
         raise TypeError(
-            f"{name} must be True (sigmoid scores in [0, 1]) or False (raw logits), got "
-            f"{type(normalize).__name__} {normalize!r}"
+            f"{name} must be True (sigmoid scores in [0, 1]) or False (raw logits) or "
+            f"'calibrated' (probabilities of relevance, from the model folder's "
+            f"reranker_calibration.json), got {type(normalize).__name__} {normalize!r}"
         )
 
 

@@ -14,11 +14,11 @@ validation uses sentence-transformers' evaluator).
 from __future__ import annotations
 
 import logging
-import math
 import os
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any
 
+from .calibration import convert_scores, model_calibration, sigmoid
 from .config import (
     DEFAULT_MODEL,
     SCORER_CONFIG_FIELDS,
@@ -27,10 +27,12 @@ from .config import (
     dtype_from_use_fp16,
 )
 from .config import check_normalize as _check_normalize
-from .fields import as_passages, best_first, check_query, pair_texts, passage_texts, passage_to_text
+from .fields import as_passages, check_query, pair_texts, passage_texts, passage_to_text
+from .fusion import FusionConfig
+from .ranking import Ranked, rank_passages
 from .runtime import backends
 from .runtime.backends.batches import run_batches
-from .runtime.families import FAMILIES
+from .runtime.families import FAMILIES, build_encoder, build_runner
 from .runtime.loading import LoadedModel, load_cross_encoder
 from .score_cache import ScoreCache, pair_key
 from .tokenization import PairEncoder
@@ -49,26 +51,9 @@ CPU_BATCH_SIZE = 8
 ACCELERATOR_BATCH_SIZE = 32
 
 
-class Ranked(NamedTuple):
-    """One ranked passage: its position in the input, its score, and the passage itself."""
-
-    index: int
-    score: float
-    passage: Any
-
-
 def _is_int(value: Any) -> bool:
     """An int that is not a bool (``True`` is an int to Python, never a count to a user)."""
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def sigmoid(x: float) -> float:
-    """The logistic function of a finite raw score, without overflow: the one used for every
-    score in [0, 1] (``normalize=True`` here, the server's per-request sigmoid)."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
 
 
 _sigmoid = sigmoid  # the old private name, kept for one release
@@ -96,8 +81,9 @@ class CrossEncoderScorer:
         token_budget: most padded tokens per forward pass; defaults to
             ``batch_size * max_length`` (pairs are sorted by length, so batches of short pairs
             hold more of them only when this is set higher).
-        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits (a bool: a
-            string such as ``"no"`` is a TypeError, not silently true).
+        normalize: ``True``: sigmoid scores in [0, 1]; ``False``: raw logits; ``"calibrated"``:
+            probabilities of relevance from the folder's ``reranker_calibration.json``
+            (:mod:`~bge_rerank_plugins.calibration`; loaded when present, required for this).
         template: how records become passage text: a format string such as
             ``"{title}\\n{text}"``, a list of field names, or a :class:`PassageTemplate`.
         cache_size: keep up to this many raw scores in an LRU cache keyed by model, max_length
@@ -108,6 +94,8 @@ class CrossEncoderScorer:
         backend: what runs each batch: ``"torch"`` (default), ``"onnx"``, ``"onnx-int8"`` or
             ``"torch-int8"``. Whether each is exact, CPU only or needs an extra, and what it is
             good for, is in :data:`bge_rerank_plugins.runtime.backends.REGISTRY`.
+        family, instruction: how the model is loaded and scored (``"auto"``: from its files)
+            and the causal families' task text: see :class:`ScorerConfig`, docs/families.md.
         runner: replaces the backend's runner: any callable that takes one padded batch
             (``input_ids``, ``attention_mask`` and maybe ``token_type_ids`` tensors) and
             returns its logits (:class:`~bge_rerank_plugins.runtime.backends.Runner`). This
@@ -130,13 +118,15 @@ class CrossEncoderScorer:
         query_max_length: int | None = None,
         batch_size: int | None = None,
         token_budget: int | None = None,
-        normalize: bool = True,
+        normalize: bool | str = True,
         template: TemplateLike = None,
         cache_size: int = 0,
         show_progress_bar: bool | None = None,
         revision: str | None = None,
         trust_remote_code: bool = False,
         backend: str = "torch",
+        family: str = "auto",
+        instruction: str | None = None,
         runner: Runner | None = None,
     ) -> None:
         # Every option is checked by ScorerConfig (one set of checks for the scorer, the
@@ -155,6 +145,8 @@ class CrossEncoderScorer:
             backend=backend,
             revision=revision,
             trust_remote_code=trust_remote_code,
+            family=family,
+            instruction=instruction,
         )
         #: The options this scorer was built with (a frozen :class:`ScorerConfig`).
         self.config = config
@@ -165,36 +157,37 @@ class CrossEncoderScorer:
             dtype=config.dtype,
             revision=config.revision,
             trust_remote_code=config.trust_remote_code,
+            family=config.family,
             # Backends that run a copy of their own leave the torch weights on disk.
             load_weights=spec.needs_torch_weights,
         )
         self.model_name = config.model
         self.max_length = config.max_length
         self.query_max_length = config.query_max_length
+        self._family = FAMILIES[self._loaded.family]
+        self._family.check(self._loaded.config, self.model_name)
         #: How this scorer tokenizes pairs (it carries the model's tokenizer lock).
-        self.encoder = PairEncoder(
-            self._loaded.tokenizer,
-            self._loaded.lock,
-            max_length=config.max_length,
-            query_max_length=config.query_max_length,
-            model_max_length=self._loaded.max_length_limit,
-        )
+        self.encoder: PairEncoder = build_encoder(self._family, self._loaded, config)
         batch_size = config.batch_size
         if batch_size is None:
             batch_size = CPU_BATCH_SIZE if self._loaded.device == "cpu" else ACCELERATOR_BATCH_SIZE
         self.batch_size = batch_size
         self.token_budget = config.token_budget
         self.normalize = config.normalize
+        #: The model folder's calibration file (``None`` without one).
+        self.calibration = model_calibration(
+            self._loaded.source, config.revision, config.normalize, config.model
+        )
         self.template = config.template
         self.show_progress_bar = show_progress_bar
         self.cache = ScoreCache(config.cache_size) if config.cache_size else None
-        self._family = FAMILIES["sequence-classification"]
-        self._family.check(self._loaded.config, self.model_name)
         self.backend = config.backend
         if runner is not None and not callable(runner):
             raise TypeError(f"runner must be a callable (tensors -> logits), got {runner!r}")
         #: What runs each padded batch: ``runner=`` if given, else the backend's runner.
-        self.runner: Runner = runner if runner is not None else spec.build(self._loaded)
+        self.runner: Runner = (
+            runner if runner is not None else build_runner(self._family, spec, self._loaded)
+        )
 
     @classmethod
     def from_config(
@@ -323,21 +316,24 @@ class CrossEncoderScorer:
         passages: Iterable[Any],
         top_k: int | None = None,
         *,
-        normalize: bool | None = None,
+        normalize: bool | str | None = None,
+        first_stage_scores: Sequence[float] | None = None,
+        fusion: FusionConfig | None = None,
+        timeout: float | None = None,
     ) -> list[Ranked]:
         """Passages sorted best first as ``Ranked(index, score, passage)``; ties keep input order.
+
+        ``fusion`` fuses the raw scores with ``first_stage_scores`` (or, without them, the
+        input order); ``timeout`` (seconds) falls back to the first-stage order, flagged
+        ``reranked=False``, instead of running late (:mod:`bge_rerank_plugins.ranking`).
 
         >>> scorer.rank("q", ["a", "b", "c"], top_k=2)  # doctest: +SKIP
         [Ranked(index=2, score=0.9, passage='c'), Ranked(index=0, score=0.4, passage='a')]
         """
-        if top_k is not None and (not _is_int(top_k) or top_k < 0):
-            raise ValueError(f"top_k must be a non-negative int or None, got {top_k!r}")
-        passages = as_passages(passages)
-        scores = self.score(query, passages, normalize=normalize)
-        order = best_first(scores)
-        if top_k is not None:
-            order = order[:top_k]
-        return [Ranked(i, scores[i], passages[i]) for i in order]
+        return rank_passages(
+            self, query, passages, top_k, normalize=normalize,
+            first_stage_scores=first_stage_scores, fusion=fusion, timeout=timeout,
+        )  # fmt: skip
 
     def passage_texts(self, passages: Iterable[Any], prefix: str = "passages") -> list[str]:
         """The text scored for each passage; errors name ``prefix[index]``. A record with no data
@@ -366,7 +362,8 @@ class CrossEncoderScorer:
         max_length = encoded["max_length"] if encoded else self.resolve_max_length(())
         raw: list[float | None] = [None] * len(items)
         if self.cache is not None:
-            model_key = (self._loaded.name, str(self.dtype), self.backend)
+            # The instruction changes a causal reranker's scores: part of the key.
+            model_key = (self._loaded.name, str(self.dtype), self.backend, self.config.instruction)
             keys = [pair_key(model_key, max_length, q, p) for q, p in items]
             raw = [self.cache.get(key) for key in keys]
         todo = [i for i, value in enumerate(raw) if value is None]
@@ -394,7 +391,5 @@ class CrossEncoderScorer:
                 raw[i] = value
                 if self.cache is not None:
                     self.cache.put(keys[i], value)
-        use_sigmoid = self.normalize if normalize is None else normalize
-        if use_sigmoid:
-            return [_sigmoid(v) for v in raw]  # type: ignore[arg-type]
-        return [float(v) for v in raw]  # type: ignore[arg-type]
+        mode = self.normalize if normalize is None else normalize
+        return convert_scores(raw, mode, self.calibration, self.model_name)  # type: ignore[arg-type]

@@ -2,6 +2,8 @@
 
     bge-rerank score --model DIR --query "..." passage1 passage2 ...
     bge-rerank evaluate --data DIR --split test --model base=BAAI/bge-reranker-base --out results
+    bge-rerank fit --model DIR --data DIR --split dev   # fusion weight + calibration file
+    bge-rerank info DIR                                 # architecture and calibration
     bge-rerank serve --model DIR --port 8080
 
 Import these names from ``bge_rerank_plugins.cli`` (the console script is
@@ -9,8 +11,8 @@ Import these names from ``bge_rerank_plugins.cli`` (the console script is
 :mod:`.options` (argument types and the :class:`~bge_rerank_plugins.config.ScorerConfig` option
 table: :func:`add_scorer_arguments`, :func:`scorer_config_from_args`), :mod:`.errors` (one-line
 error reports, ``--debug`` / ``-v``), one module per subcommand (:mod:`.score`,
-:mod:`.evaluate`, :mod:`.serve`, each with ``add_parser`` and ``run``) and :mod:`.entry`
-(:func:`build_parser`, :func:`main`).
+:mod:`.evaluate`, :mod:`.fit`, :mod:`.info`, :mod:`.serve`, each with ``add_parser`` and
+``run``) and :mod:`.entry` (:func:`build_parser`, :func:`main`).
 """
 
 from __future__ import annotations

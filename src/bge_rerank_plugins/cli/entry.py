@@ -6,21 +6,21 @@ import argparse
 import logging
 from collections.abc import Sequence
 
-from . import evaluate, score, serve
+from . import evaluate, fit, info, score, serve
 from .errors import run_handler
 from .options import add_debug_flag
 
 __all__ = ["build_parser", "main"]
 
 # Subcommand modules, in the order `bge-rerank --help` lists them; each has add_parser(sub).
-COMMANDS = (score, evaluate, serve)
+COMMANDS = (score, evaluate, fit, info, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``bge-rerank`` parser: global ``-v`` / ``--debug`` and one subparser per command."""
     parser = argparse.ArgumentParser(
         prog="bge-rerank",
-        description="Cross-encoder reranking: score, evaluate, serve.",
+        description="Cross-encoder reranking: score, evaluate, fit, info, serve.",
     )
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log at INFO level; show tracebacks"

@@ -59,6 +59,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     # --model is evaluate's own (repeatable, LABEL=MODEL); the rest are the common options.
     add_scorer_arguments(parser, exclude=(*SCORER_CONFIG_EXCLUDED["evaluate"], "model"))
+    parser.add_argument(
+        "--fusion",
+        choices=["none", "auto", "blend", "rrf"],
+        default="none",
+        help="also report each model fused with the first stage, the weight fitted by K-fold "
+        "cross-validation over queries (held-out figures); auto: the better method per fold",
+    )
+    parser.add_argument(
+        "--fusion-weight",
+        type=float,
+        default=None,
+        help="a fixed fusion weight in [0, 1] (the reranker's share) instead of fitting one",
+    )
+    parser.add_argument("--folds", type=positive_int, default=5, help="K of the fusion's CV")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the folds and the tests")
     parser.add_argument("--out", default=None, help="folder for table.md, metrics.json, chart.png")
     parser.add_argument("--no-chart", action="store_true", help="skip chart.png")
     add_debug_flag(parser, argparse.SUPPRESS)
@@ -101,6 +116,21 @@ def check_out_dir(out: str | None) -> None:
         raise CliError(f"--out {out}: {parent} is not writable; pass a folder you can write to.")
 
 
+def _fusion_option(args: argparse.Namespace) -> object:
+    """``--fusion`` / ``--fusion-weight`` as ``evaluate_models``' ``fusion=``."""
+    from ..fusion import FusionConfig
+
+    if args.fusion_weight is None:
+        return None if args.fusion == "none" else args.fusion
+    if args.fusion == "auto":
+        raise CliError("--fusion-weight needs --fusion blend or --fusion rrf (the method to use)")
+    method = "blend" if args.fusion == "none" else args.fusion
+    try:
+        return FusionConfig(method=method, weight=args.fusion_weight)
+    except ValueError as error:
+        raise CliError(f"--fusion-weight {args.fusion_weight}: {error}") from error
+
+
 def run(args: argparse.Namespace) -> int:
     """Check the paths, load the data and each model, evaluate them and print the table."""
     from ..beir import load_beir
@@ -108,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
     from ..scorer import CrossEncoderScorer
 
     check_out_dir(args.out)
+    _fusion_option(args)  # a bad --fusion-weight fails before any model is loaded
     template = args.template  # already a newline-decoded, checked format string (or None)
     # The data first: a wrong --data or --split fails before any model is loaded.
     try:
@@ -122,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
         while label in models:
             label += "'"
         models[label] = scorer
+    fusion = _fusion_option(args)
     comparison = evaluate_models(
         models,
         dataset,
@@ -132,6 +164,9 @@ def run(args: argparse.Namespace) -> int:
         candidates=args.candidates,
         template=template,
         relevance_threshold=args.relevance_threshold,
+        fusion=fusion,
+        folds=args.folds,
+        seed=args.seed,
     )
     print(comparison.to_markdown())
     if args.out:

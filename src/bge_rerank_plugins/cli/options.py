@@ -126,6 +126,8 @@ SCORER_CONFIG_EXCLUDED: dict[str, tuple[str, ...]] = {
     # Metrics depend on the order only, which the sigmoid keeps. Each pair is scored once per
     # model: a cache would only cost memory.
     "evaluate": ("normalize", "cache_size"),
+    # The fit reads raw logits whatever normalize says; each pair is scored once.
+    "fit": ("normalize", "cache_size"),
 }
 
 
@@ -133,6 +135,7 @@ def scorer_argument_table() -> dict[str, tuple[str, dict[str, Any]]]:
     """ScorerConfig field -> (option, ``add_argument`` keywords); ``dest`` is the field name."""
     from ..runtime.backends import BACKENDS, describe
     from ..runtime.device import DTYPES
+    from ..runtime.families import family_choices
 
     return {
         "model": ("--model", {"help": f"Hub id or directory (default {DEFAULT_MODEL})"}),
@@ -197,6 +200,17 @@ def scorer_argument_table() -> dict[str, tuple[str, dict[str, Any]]]:
         "trust_remote_code": (
             "--trust-remote-code",
             {"action": "store_true", "help": "run custom model code from the model repository"},
+        ),
+        "family": (
+            "--family",
+            {
+                "choices": family_choices(),
+                "help": "how the model is loaded and scored (default auto: from its files)",
+            },
+        ),
+        "instruction": (
+            "--instruction",
+            {"help": "task text of the causal-LM families (default: the family's own)"},
         ),
     }
 

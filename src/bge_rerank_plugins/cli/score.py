@@ -26,6 +26,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     parser.add_argument("passages", nargs="+", help="passages to rank")
     parser.add_argument("--top-k", type=positive_int, default=None)
     add_scorer_arguments(parser, exclude=SCORER_CONFIG_EXCLUDED["score"])
+    parser.add_argument(
+        "--calibrated",
+        dest="normalize",
+        action="store_const",
+        const="calibrated",
+        help="probabilities of relevance from the model folder's reranker_calibration.json "
+        "(see bge-rerank fit)",
+    )
     add_debug_flag(parser, argparse.SUPPRESS)
     parser.set_defaults(handler=run)
 

@@ -15,6 +15,11 @@ Main entry points (public; their signatures are kept stable for users' scripts, 
 
     evaluate_models({"base": dir_a, "tuned": dir_b}, dataset, split="dev", *, top_k=30, ...)
         -> Comparison        # .results [first stage, base, tuned], .to_markdown(), .save(dir)
+    evaluate_models(..., fusion="auto")   # + "<label> + fusion (CV)" columns, held-out
+        -> Comparison        # .verdicts: reranked vs first stage, paired test over queries
+
+    fit_fusion(scorer, dataset, split="dev", *, top_k=30, method="auto", folds=5, k=10, seed=0)
+        -> FitResult         # .fusion (held-out nDCG@10), .calibration, .report; .save(model_dir)
 
 Validation during fine-tuning does not go through these functions: the fine-tuning engine uses
 sentence-transformers' ``CrossEncoderRerankingEvaluator``. Evaluate the saved model here to get
@@ -25,11 +30,18 @@ scorer is built for it), ``None`` (the first-stage order), or any object with a
 ``score_many(queries, candidates) -> list[list[float]]`` method (e.g. a wrapper around another
 model). ``dataset`` is a loaded :class:`~bge_rerank_plugins.beir.BeirDataset` or a folder path.
 
-The package has four modules, one job each: :mod:`~bge_rerank_plugins.evaluation.metrics`
+The package's modules, one job each: :mod:`~bge_rerank_plugins.evaluation.metrics`
 (the metric functions), :mod:`~bge_rerank_plugins.evaluation.candidates` (the first stage),
-:mod:`~bge_rerank_plugins.evaluation.runner` (scoring and aggregation) and
-:mod:`~bge_rerank_plugins.evaluation.report` (the result types, Markdown, JSON and PNG). Import
-from ``bge_rerank_plugins.evaluation``; the module paths are internal.
+:mod:`~bge_rerank_plugins.evaluation.scoring` (the one ``score_many`` call),
+:mod:`~bge_rerank_plugins.evaluation.aggregate` (rankings -> means),
+:mod:`~bge_rerank_plugins.evaluation.runner` (the two entry points),
+:mod:`~bge_rerank_plugins.evaluation.report` (the result types, Markdown, JSON and PNG),
+:mod:`~bge_rerank_plugins.evaluation.fused` (a reranker's fused run),
+:mod:`~bge_rerank_plugins.evaluation.fusion_fit` (the fusion weight by cross-validation),
+:mod:`~bge_rerank_plugins.evaluation.significance` (paired test and verdict),
+:mod:`~bge_rerank_plugins.evaluation.calibration_report` (ECE, reliability diagram) and
+:mod:`~bge_rerank_plugins.evaluation.fit` (:func:`fit_fusion`: fusion + calibration from
+labels). Import from ``bge_rerank_plugins.evaluation``; the module paths are internal.
 
 Metric conventions (also in ``docs/evaluation.md``):
 
@@ -54,7 +66,19 @@ Example:
 
 from __future__ import annotations
 
+# The names marked "X as X" (fusion, calibration, the verdict; METRICS, Grades) are importable
+# from here and kept out of __all__, which pins the evaluation API's first set of names.
+from .calibration_report import CalibrationReport as CalibrationReport
+from .calibration_report import expected_calibration_error as expected_calibration_error
+from .calibration_report import plot_reliability as plot_reliability
 from .candidates import EvalQuery, prepare_queries
+from .fit import FitResult as FitResult
+from .fit import LabelledQuery as LabelledQuery
+from .fit import fit_calibration as fit_calibration
+from .fit import fit_fusion as fit_fusion
+from .fusion_fit import FusionFit as FusionFit
+from .fusion_fit import FusionSample as FusionSample
+from .fusion_fit import cross_validate_fusion as cross_validate_fusion
 from .metrics import (
     DEFAULT_KS,
     hit_at_k,
@@ -67,6 +91,10 @@ from .metrics import METRICS as METRICS  # importable here, as from the former m
 from .metrics import Grades as Grades  # (the same; neither is in __all__)
 from .report import Comparison, EvaluationResult, QueryResult
 from .runner import evaluate_models, evaluate_reranker
+from .significance import PairedTest as PairedTest
+from .significance import Verdict as Verdict
+from .significance import paired_test as paired_test
+from .significance import verdict as verdict
 
 __all__ = [
     "DEFAULT_KS",

@@ -36,12 +36,14 @@ CANDIDATE_SOURCES: tuple[str, ...] = ("auto", "given", "bm25")
 
 @dataclass(frozen=True)
 class EvalQuery:
-    """One query to rerank: its text, its candidates in first-stage order, its grades."""
+    """One query to rerank: its text, its candidates in first-stage order, its grades, and the
+    first stage's scores when known (BM25 over the corpus; ``None`` for a given ranked list)."""
 
     qid: str
     text: str
     doc_ids: tuple[str, ...]
     grades: Mapping[str, float]
+    first_stage_scores: tuple[float, ...] | None = None
 
 
 def resolve_template(template: Any, scorer: Any = None) -> PassageTemplate:
@@ -140,9 +142,11 @@ def prepare_queries(
     name = "BM25"
     for qid in selected:
         text = dataset.queries[qid].text
+        first_scores: list[float] | None = None
         if source == "bm25":
             assert bm25 is not None
-            ids = [d for d, _ in bm25.search(text, k=top_k or len(dataset.corpus))]
+            hits = bm25.search(text, k=top_k or len(dataset.corpus))
+            ids, first_scores = [d for d, _ in hits], [s for _, s in hits]
         else:
             cand = dataset.candidates.get(qid)  # type: ignore[union-attr]
             if cand is None:
@@ -156,7 +160,8 @@ def prepare_queries(
                 name = "BM25 (over given candidates)"
         if top_k is not None:
             ids = ids[:top_k]
-        out.append(EvalQuery(qid, text, tuple(ids), dict(dataset.qrels.get(qid, {}))))
+        scores = None if first_scores is None else tuple(first_scores[: len(ids)])
+        out.append(EvalQuery(qid, text, tuple(ids), dict(dataset.qrels.get(qid, {})), scores))
     if missing:
         logger.warning(
             "%d of %d queries have no candidate list; they are evaluated with an empty ranking",

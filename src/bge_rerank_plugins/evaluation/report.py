@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .metrics import DEFAULT_KS, METRIC_LABELS, METRICS, metric_order
+from .significance import Verdict
 
 __all__ = ["Comparison", "EvaluationResult", "QueryResult"]
 
@@ -41,6 +42,8 @@ class EvaluationResult:
         num_skipped: queries left out because the qrels give them no relevant document.
         num_pairs: (query, candidate) pairs scored.
         seconds: wall time of the scoring.
+        kind: ``"first stage"``, ``"reranker"`` or ``"fused"`` (a reranker fused with the first
+            stage; its rankings are held-out when the fusion was fitted by cross-validation).
     """
 
     name: str
@@ -50,6 +53,7 @@ class EvaluationResult:
     num_skipped: int = 0
     num_pairs: int = 0
     seconds: float = 0.0
+    kind: str = "reranker"
 
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
         """A JSON-ready dict; ``per_query=True`` adds each query's ranking and metrics."""
@@ -60,6 +64,7 @@ class EvaluationResult:
             "num_skipped": self.num_skipped,
             "num_pairs": self.num_pairs,
             "seconds": round(self.seconds, 3),
+            "kind": self.kind,
         }
         if per_query:
             out["per_query"] = [
@@ -84,6 +89,8 @@ class Comparison:
         top_k: candidates reranked per query.
         candidates: where the candidates came from (``"given"`` or ``"bm25"``).
         ks: the metric cut-offs.
+        verdicts: per reranker, whether it beats the first stage (a paired test over queries;
+            :mod:`~bge_rerank_plugins.evaluation.significance`).
     """
 
     results: list[EvaluationResult]
@@ -92,6 +99,7 @@ class Comparison:
     top_k: int | None
     candidates: str
     ks: tuple[int, ...] = DEFAULT_KS
+    verdicts: list[Verdict] = field(default_factory=list)
 
     def __getitem__(self, name: str) -> EvaluationResult:
         for result in self.results:
@@ -125,6 +133,9 @@ class Comparison:
                 f"{Path(self.dataset).name} / {self.split}: {first.num_queries} queries "
                 f"({first.num_skipped} without a relevant document skipped), {self._top()}."
             )
+        if self.verdicts:
+            lines.append("")
+            lines.extend(f"- {v.text}" for v in self.verdicts)
         return "\n".join(lines)
 
     def to_dict(self, per_query: bool = False) -> dict[str, Any]:
@@ -136,6 +147,7 @@ class Comparison:
             "candidates": self.candidates,
             "ks": list(self.ks),
             "systems": [r.to_dict(per_query) for r in self.results],
+            "verdicts": [v.to_dict() for v in self.verdicts],
         }
 
     def plot(self, path: str | os.PathLike[str], title: str | None = None) -> Path:
@@ -151,7 +163,11 @@ class Comparison:
         for ax, family in zip(axes.flat, METRICS):
             for result in self.results:
                 ys = [result.metrics[f"{family}@{k}"] for k in self.ks]
-                style = "--" if result.per_query and result.per_query[0].scores is None else "-"
+                unscored = bool(result.per_query) and result.per_query[0].scores is None
+                if result.kind == "fused":
+                    style = ":"
+                else:
+                    style = "--" if result.kind == "first stage" or unscored else "-"
                 ax.plot(self.ks, ys, style, marker="o", label=result.name)
             ax.set_title(f"{METRIC_LABELS[family]}@K")
             ax.set_xticks(list(self.ks))

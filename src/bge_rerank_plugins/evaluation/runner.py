@@ -9,7 +9,6 @@ the scorer, so a scorer shared with other threads (a server, say) is not changed
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 import time
@@ -18,16 +17,25 @@ from pathlib import Path
 from typing import Any
 
 from ..beir import BeirDataset, load_beir
-from ..fields import PassageTemplate, best_first
+from ..fusion import FusionConfig
+from .aggregate import Ranking, aggregate, rank_by_scores
 from .candidates import EvalQuery, prepare_queries, resolve_source, resolve_template
-from .metrics import DEFAULT_KS, check_k, metric_order, query_metrics
-from .report import Comparison, EvaluationResult, QueryResult
+from .fused import reranked_and_fused, verdicts_for
+from .metrics import DEFAULT_KS, check_k
+from .report import Comparison, EvaluationResult
+from .scoring import score_all, takes_keyword
 
-__all__ = ["as_dataset", "as_scorer", "evaluate_models", "evaluate_reranker", "system_name"]
+__all__ = [
+    "as_dataset",
+    "as_scorer",
+    "evaluate_models",
+    "evaluate_reranker",
+    "score_all",
+    "system_name",
+    "takes_keyword",
+]
 
 logger = logging.getLogger(__name__)
-
-Ranking = tuple[tuple[str, ...], tuple[float, ...] | None]
 
 
 def as_scorer(scorer: Any) -> Any:
@@ -61,77 +69,6 @@ def as_dataset(dataset: BeirDataset | str | os.PathLike[str], split: str) -> Bei
             logger.debug("using the loaded split %r (split=%r ignored)", dataset.split, split)
         return dataset
     return load_beir(dataset, split)
-
-
-def _takes_keyword(method: Any, name: str) -> bool:
-    """Whether ``method`` has a parameter called ``name`` that can be passed by keyword."""
-    try:
-        parameter = inspect.signature(method).parameters.get(name)
-    except (TypeError, ValueError):  # builtins and some C extensions have no signature
-        return False
-    return parameter is not None and parameter.kind in (
-        inspect.Parameter.POSITIONAL_OR_KEYWORD,
-        inspect.Parameter.KEYWORD_ONLY,
-    )
-
-
-def _rank(query: EvalQuery, scores: Sequence[float]) -> Ranking:
-    order = best_first(scores)
-    return tuple(query.doc_ids[i] for i in order), tuple(float(scores[i]) for i in order)
-
-
-def _aggregate(
-    name: str,
-    queries: Sequence[EvalQuery],
-    rankings: Sequence[Ranking],
-    ks: Sequence[int],
-    threshold: float,
-    skipped: int,
-    pairs: int,
-    seconds: float,
-) -> EvaluationResult:
-    per_query = []
-    totals = dict.fromkeys(metric_order(ks), 0.0)
-    for query, (ranking, scores) in zip(queries, rankings):
-        metrics = query_metrics(ranking, query.grades, ks, threshold)
-        for key, value in metrics.items():
-            totals[key] += value
-        per_query.append(QueryResult(query.qid, ranking, scores, metrics))
-    n = len(queries)
-    means = {key: (value / n if n else 0.0) for key, value in totals.items()}
-    return EvaluationResult(name, means, per_query, n, skipped, pairs, seconds)
-
-
-def _score_all(
-    scorer: Any,
-    queries: Sequence[EvalQuery],
-    dataset: BeirDataset,
-    template: PassageTemplate,
-    show_progress_bar: bool | None,
-) -> list[list[float]]:
-    texts = {}
-    for query in queries:
-        for doc_id in query.doc_ids:
-            if doc_id not in texts:
-                texts[doc_id] = template.render(dataset.corpus[doc_id])
-    candidates = [[texts[d] for d in q.doc_ids] for q in queries]
-    options: dict[str, Any] = {}
-    if show_progress_bar is not None:
-        if _takes_keyword(scorer.score_many, "show_progress_bar"):
-            options["show_progress_bar"] = show_progress_bar
-        else:
-            logger.debug(
-                "%s.score_many takes no show_progress_bar; show_progress_bar=%r is not used",
-                type(scorer).__name__,
-                show_progress_bar,
-            )
-    scores = scorer.score_many([q.text for q in queries], candidates, **options)
-    if len(scores) != len(queries) or any(len(s) != len(c) for s, c in zip(scores, candidates)):
-        raise ValueError(
-            f"{type(scorer).__name__}.score_many returned scores of the wrong shape: one list "
-            "per query with one score per candidate is expected"
-        )
-    return scores
 
 
 def evaluate_reranker(
@@ -206,12 +143,12 @@ def evaluate_reranker(
         pairs = 0
     else:
         tpl = resolve_template(template, model)
-        scores = _score_all(model, queries, data, tpl, show_progress_bar)
-        rankings = [_rank(q, s) for q, s in zip(queries, scores)]
+        scores = score_all(model, queries, data, tpl, show_progress_bar)
+        rankings = [rank_by_scores(q, s) for q, s in zip(queries, scores)]
         label = name or system_name(model)
         pairs = sum(len(q.doc_ids) for q in queries)
     seconds = time.perf_counter() - start
-    result = _aggregate(label, queries, rankings, ks, relevance_threshold, skipped, pairs, seconds)
+    result = aggregate(label, queries, rankings, ks, relevance_threshold, skipped, pairs, seconds)
     logger.info(
         "%s: %d queries, %d pairs, %.1f s, ndcg@%d=%.4f",
         label,
@@ -238,6 +175,10 @@ def evaluate_models(
     include_first_stage: bool = True,
     show_progress_bar: bool | None = None,
     scorer_factory: Callable[[Any], Any] | None = None,
+    fusion: FusionConfig | str | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    verdicts: bool = True,
 ) -> Comparison:
     """Evaluate several rerankers side by side on the same candidates.
 
@@ -249,6 +190,15 @@ def evaluate_models(
         include_first_stage: also report the first-stage order (first column).
         scorer_factory: builds a scorer from a path (default ``CrossEncoderScorer(path)``),
             e.g. ``lambda p: CrossEncoderScorer(p, max_length=256)``.
+        fusion: also report each reranker fused with the first stage (column ``"<label> +
+            fusion (...)"``): a :class:`~bge_rerank_plugins.fusion.FusionConfig` (fixed), or
+            ``"auto"`` / ``"blend"`` / ``"rrf"``: the weight (and, for ``"auto"``, the method)
+            fitted by ``folds``-fold cross-validation over queries, so the fused figures are
+            held-out ones. ``None``: no fused run.
+        folds, seed: the cross-validation's folds and the seed of the folds and of the tests.
+        verdicts: add, per reranker, a paired test against the first stage (randomisation
+            test and bootstrap CI over queries on nDCG@10) and its verdict
+            (:attr:`Comparison.verdicts`, printed under the table).
 
     Example:
         >>> cmp = evaluate_models({"base": "models/base", "tuned": "models/tuned"},
@@ -276,11 +226,12 @@ def evaluate_models(
         "queries": queries,
         "template": template,
     }
+    first = evaluate_reranker(None, data, name=first_stage, **common)
+    first.num_skipped, first.kind = skipped, "first stage"
     if include_first_stage:
-        first = evaluate_reranker(None, data, name=first_stage, **common)
-        first.num_skipped = skipped
         results.append(first)
     used: set[str] = {r.name for r in results}
+    judged: list[tuple[EvaluationResult, EvaluationResult | None, str | None]] = []
     for label, model in items:
         if scorer_factory is not None and isinstance(model, (str, os.PathLike)):
             model = scorer_factory(model)
@@ -290,9 +241,26 @@ def evaluate_models(
         while label in used:
             label, n = f"{base} ({n})", n + 1
         used.add(label)
-        result = evaluate_reranker(
-            scorer, data, name=label, show_progress_bar=show_progress_bar, **common
-        )
+        if scorer is None or fusion is None:
+            result = evaluate_reranker(
+                scorer, data, name=label, show_progress_bar=show_progress_bar, **common
+            )
+            fused, fit = None, None
+        else:
+            result, fused, fit = reranked_and_fused(
+                scorer, label, data, queries, fusion, ks=ks, template=template,
+                relevance_threshold=relevance_threshold, show_progress_bar=show_progress_bar,
+                folds=folds, seed=seed,
+            )  # fmt: skip
         result.num_skipped = skipped
         results.append(result)
-    return Comparison(results, str(data.path), data.split, top_k, source, tuple(ks))
+        if fused is not None:
+            fused.num_skipped = skipped
+            results.append(fused)
+        if scorer is not None:
+            how = fusion.describe() if isinstance(fusion, FusionConfig) else None
+            judged.append((result, fused, how or (f"CV; {fit.config.describe()}" if fit else None)))
+    comparison = Comparison(results, str(data.path), data.split, top_k, source, tuple(ks))
+    if verdicts and queries:
+        comparison.verdicts = verdicts_for(first, judged, ks, seed)
+    return comparison

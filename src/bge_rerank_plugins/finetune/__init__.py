@@ -34,6 +34,7 @@ _EXPORTS = {
     "read_training_jsonl": "data",
     "write_training_jsonl": "data",
     "groups_from_beir": "data",
+    "samples_from_beir": "data",
     "groups_from_pointwise": "data",
     "groups_to_pointwise": "data",
     "from_llama_index_samples": "data",

@@ -69,6 +69,7 @@ from .sources import (
     groups_from_beir,
     load_training_data,
     read_training_jsonl,
+    samples_from_beir,
     write_training_jsonl,
 )
 
@@ -82,6 +83,7 @@ __all__ = [
     "detect_format",
     "from_llama_index_samples",
     "groups_from_beir",
+    "samples_from_beir",
     "groups_from_pointwise",
     "groups_to_pointwise",
     "load_training_data",

@@ -107,7 +107,7 @@ class CrossEncoderFinetuneEngine:
         from ..runtime.loading import model_length_limit
         from .data import load_training_data
         from .export import check_output_dir
-        from .grouping import build_train_dataset, pointwise_rows
+        from .grouping import build_train_dataset, is_llama_index, pointwise_rows
         from .recipe import is_grouped
 
         if not dataset:
@@ -130,14 +130,34 @@ class CrossEncoderFinetuneEngine:
         # hours of training (and nothing in it is ever deleted)
         check_output_dir(model_output_path, "model_output_path")
 
+        from .holdout import held_out_queries, split_by_query
+
         self.dataset = list(dataset)
         self.model_id = str(model_id)
         self.model_output_path = str(model_output_path)
         self.val_dataset = list(val_dataset) if val_dataset is not None else None
+        # the yardstick: the val_dataset, else queries held out of the training data (by query)
+        source, held_raw = (
+            (self.dataset, [])
+            if self.val_dataset is not None
+            else split_by_query(self.dataset, config.holdout, seed=config.seed)
+        )
+        yardstick = self.val_dataset if self.val_dataset is not None else held_raw
+        self.held_out = held_out_queries(yardstick) if yardstick else []
+        if held_raw:
+            logger.info(
+                "Held out %d of the training queries (holdout=%r): the yardstick for the "
+                "learning rates, the warm start, the best checkpoint and the final check.",
+                len({item.query for item in self.held_out}),
+                config.holdout,
+            )
+        self.auto_loss = config.loss == "auto"
+        self.llama_index_input = is_llama_index(source)
+        self._source = source
         # "auto" must read every record to decide; a grouped loss then builds its dataset from
         # these parsed records instead of parsing the input a second time
         self._parsed_dataset = (
-            load_training_data(self.dataset, name="dataset")
+            load_training_data(source, name="dataset")
             if config.loss in ("auto", "softmax", "distill")
             else None
         )
@@ -156,27 +176,28 @@ class CrossEncoderFinetuneEngine:
             seed=self.seed,
             lora=self.lora,
             freeze_layers=self.freeze_layers,
+            from_encoder=self.from_encoder,
         )
         # The saved tokenizer keeps the base model's limit (training may use a shorter one), so
         # every loader truncates the exported model the way it truncated the base model.
         self._length_limit = model_length_limit(self._hf_model(), self.model.tokenizer)
         # a grouped loss parsed the records already (and reads the rows' texts only); any
         # other loss parses the input here, its labels kept
-        source = self.dataset if self._parsed_dataset is None else self._parsed_dataset
-        rows = pointwise_rows(source, "dataset")
+        parsed = source if self._parsed_dataset is None else self._parsed_dataset
+        rows = pointwise_rows(parsed, "dataset")
         self.unk_rate, self._max_length = fit_to_data(
             self.model, rows, self.config, model_id=self.model_id, limit=self._length_limit
         )
-        self._rng = random.Random(self.seed)
+        self.rng = random.Random(self.seed)
         self.train_dataset = build_train_dataset(
-            source,
+            parsed,
             loss=self.loss,
             num_negatives=self.num_negatives,
-            rng=self._rng,
+            rng=self.rng,
             what="dataset",
             rows=None if is_grouped(self.loss) else rows,
         )
-        self.evaluator = build_evaluator(self.val_dataset)
+        self.evaluator = build_evaluator(yardstick or None)
 
     # -- the options as attributes ------------------------------------------------------------
 
@@ -203,11 +224,6 @@ class CrossEncoderFinetuneEngine:
 
         return make_loss(self.loss, self.model, self.distill_weight)
 
-    def _mixed_precision(self) -> dict[str, bool]:
-        from .recipe import mixed_precision
-
-        return mixed_precision(self.precision, self.device)
-
     # -- training -----------------------------------------------------------------------------
 
     def finetune(self, **train_kwargs: Any) -> FinetuneResult:
@@ -229,19 +245,14 @@ class CrossEncoderFinetuneEngine:
                 f"constructor (finetune accepts only {sorted(_RUN_OPTIONS)})."
             )
         config = replace(self.config, **train_kwargs)  # checked; for this run only
-        from .trainer import TrainingDiverged, diverged_error, train
+        from .phases import run
+        from .trainer import TrainingDiverged, diverged_error
 
         try:
-            trainer, seconds, resumed_step = train(
-                self.model,
-                config,
-                device=self.device,
-                train_dataset=self.train_dataset,
-                loss=self._make_loss(),
-                evaluator=self.evaluator,
-            )
+            outcome = run(self, config)
         except TrainingDiverged as stop:
             raise diverged_error(stop.detail, config, self.model_output_path) from None
+        trainer, seconds, resumed_step = outcome.trainer, outcome.seconds, outcome.resumed_step
         self.model = trainer.model
         best = trainer.state.best_metric
         summary = {
@@ -252,6 +263,8 @@ class CrossEncoderFinetuneEngine:
             "max_length": self._max_length,
             "best_metric": best,
             "best_checkpoint": trainer.state.best_model_checkpoint,
+            "decisions": outcome.decisions,
+            "held_out": outcome.report.as_dict() if outcome.report else None,
         }
         # under torchrun every rank holds the same weights: one writer, the others wait for it
         if trainer.is_world_process_zero():
@@ -266,8 +279,35 @@ class CrossEncoderFinetuneEngine:
             resumed_from_step=resumed_step,
             log_history=list(trainer.state.log_history),
             max_length=self._max_length,
+            held_out=outcome.report,
+            decisions=outcome.decisions,
         )
         return self.result
+
+    # -- what the phases of finetune() read (:mod:`.phases`) -------------------------------------
+
+    @property
+    def max_length(self) -> int:
+        """Tokens per pair training uses (``max_length`` resolved)."""
+        return self._max_length
+
+    def training_records(self) -> list[Any]:
+        """The training part of the data as parsed records (held-out queries left out)."""
+        from .data import load_training_data
+
+        if self._parsed_dataset is None:
+            self._parsed_dataset = load_training_data(self._source, name="dataset")
+        return self._parsed_dataset
+
+    def training_passages(self) -> list[str]:
+        """Every distinct passage of the training part (BM25's corpus for the yardstick)."""
+        records = self.training_records()
+        return list(dict.fromkeys(t for r in records for t in (*r.positives, *r.negatives)))
+
+    def grouped(self, loss: Any) -> bool:
+        from .recipe import is_grouped
+
+        return is_grouped(loss)
 
     def save(
         self, path: str | os.PathLike[str], *, training_summary: Mapping[str, Any] | None = None

@@ -11,6 +11,10 @@ the old copy is removed. If the process dies during the write, the previous mode
 in the instant between the two renames it survives as ``.<name>.old-*`` and
 :func:`recover_model_dir` (called by every save) puts it back.
 
+A base saved by sentence-transformers as modules (``modules.json``: Transformer -> Pooling ->
+Dense ...) is written back in that layout, its trained head modules included (see
+:func:`remember_modular_model`); the scorer loads it as the ``"st-modular"`` family.
+
 Nothing this library did not write is ever deleted. Each exported folder holds a small marker,
 ``.bge-rerank-plugins-export.json``, listing the files the export wrote. The destination may be
 
@@ -53,6 +57,7 @@ __all__ = [
     "export_model",
     "push_model_dir",
     "recover_model_dir",
+    "remember_modular_model",
 ]
 
 logger = logging.getLogger(__name__)
@@ -235,6 +240,20 @@ def atomic_model_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
+#: The attribute of a modular cross-encoder's body that points back at the whole model.
+_MODULAR_OWNER = "_bge_rerank_modular_owner"
+
+
+def remember_modular_model(model: Any) -> None:
+    """Let :func:`export_model` find the whole sentence-transformers ``CrossEncoder`` ``model``
+    from its ``transformers`` body, when the model has modules after the body (a head of its
+    own that the body's ``save_pretrained`` would leave out)."""
+    if len(model) > 1:
+        import weakref
+
+        model[0].model.__dict__[_MODULAR_OWNER] = weakref.ref(model)
+
+
 def export_model(
     model: Any,
     tokenizer: Any,
@@ -261,10 +280,15 @@ def export_model(
     """
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
+    owner = getattr(model, _MODULAR_OWNER, lambda: None)()
     if max_length is not None:
         tokenizer.model_max_length = int(max_length)
     with atomic_model_dir(path) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
+        if owner is not None:  # the modules.json layout, the trained head modules with it
+            owner[0].model = model
+            owner.save(str(tmp), create_model_card=False, safe_serialization=True)
+        else:
+            model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text, encoding="utf-8")

@@ -33,6 +33,7 @@ from .data import (
 __all__ = [
     "Group",
     "build_train_dataset",
+    "is_llama_index",
     "pointwise_rows",
     "redraw_negatives",
     "reranking_samples",
@@ -64,7 +65,9 @@ class Group:
     pool_teacher: list[float] | None = None
 
 
-def _is_llama_index(dataset: Sequence[Any]) -> bool:
+def is_llama_index(dataset: Sequence[Any]) -> bool:
+    """Whether every record of ``dataset`` is a LlamaIndex sample (``query``, ``context``,
+    ``score``)."""
     try:
         return all(detect_format(record) == "llama_index" for record in dataset)
     except ValueError:  # an unknown record: load_training_data says where and why
@@ -78,7 +81,7 @@ def pointwise_rows(dataset: Sequence[Any], what: str) -> list[PointwiseExample]:
     are grouped first and flattened with label 1.0 for positives, 0.0 for negatives. Errors name
     ``what[index]``.
     """
-    if _is_llama_index(dataset):
+    if is_llama_index(dataset):
         return from_llama_index_samples(dataset, name=what)
     return groups_to_pointwise(load_training_data(dataset, name=what))
 

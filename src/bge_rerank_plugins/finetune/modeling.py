@@ -50,14 +50,26 @@ def check_finite(model: Any, path: str | os.PathLike[str]) -> None:
 
 
 def load_model(
-    model_id: str, *, device: str, seed: int, lora: bool | Mapping[str, Any], freeze_layers: int
+    model_id: str,
+    *,
+    device: str,
+    seed: int,
+    lora: bool | Mapping[str, Any],
+    freeze_layers: int,
+    from_encoder: bool = False,
 ) -> Any:
     """The base model as a one-logit ``CrossEncoder``, seeded, with LoRA / freezing applied.
 
+    Args:
+        from_encoder: the folder may lack the reranking head (a base encoder or a bi-encoder):
+            the head starts at random, on purpose. Without it such a folder is refused.
+
     Raises:
         ModelNotFoundError: the model cannot be loaded (not local, or offline).
+        RandomHeadError: the checkpoint has no head and ``from_encoder`` is False.
         ValueError: the model has more than one output label.
     """
+    _check_head(model_id, from_encoder)
     from sentence_transformers.cross_encoder import CrossEncoder
     from transformers import set_seed
 
@@ -76,8 +88,51 @@ def load_model(
             f"model_id={model_id!r} has {model.num_labels} output labels; a reranker "
             "needs a single relevance logit (num_labels=1)."
         )
+    from .export import remember_modular_model
+
+    remember_modular_model(model)  # a modules.json base: export writes its head modules too
     prepare_parameters(model, lora=lora, freeze_layers=freeze_layers)
     return model
+
+
+def _check_head(model_id: str, from_encoder: bool) -> None:
+    """Refuse (or, with ``from_encoder``, announce) a base whose checkpoint has no head."""
+    from pathlib import Path
+
+    folder = Path(model_id)
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        return  # a Hub id, or sharded weights: transformers' own report covers them
+    from transformers import AutoConfig
+
+    from ..errors import RandomHeadError, RerankerError
+    from ..runtime.heads import describe_layout, missing_from_checkpoint
+    from ..runtime.st_layout import is_st_modular, read_layout
+
+    if is_st_modular(str(folder)):
+        try:
+            read_layout(str(folder), model_id)
+            return  # a modular cross-encoder: its head is in its module folders (modules.json)
+        except RerankerError:
+            pass  # a bi-encoder or a layout without a score: the check below tells
+    config = AutoConfig.from_pretrained(folder)
+    config.num_labels = 1
+    missing = missing_from_checkpoint(str(weights), config)
+    if not missing:
+        return
+    if from_encoder:
+        logger.info(
+            "model_id=%r has no reranking head (%s): it starts at random (from_encoder=True).",
+            model_id,
+            ", ".join(missing),
+        )
+        return
+    raise RandomHeadError(
+        f"model_id={model_id!r} has no reranking head ({', '.join(missing)} are not in its "
+        f"checkpoint): it looks like {describe_layout(str(folder), config)}. To fine-tune a "
+        "reranker from this encoder, pass from_encoder=True: the head then starts at random and "
+        "the engine warm-starts it from the encoder's own similarity."
+    )
 
 
 def check_vocabulary(

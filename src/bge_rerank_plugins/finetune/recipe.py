@@ -28,7 +28,16 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from ..runtime.device import cpu_has_native_bf16, resolve_device
+from ..runtime.device import resolve_device
+from .arguments import (
+    AUTO_MAX_LENGTH,
+    AUTO_MAX_LENGTH_CPU,
+    BEST_METRIC,
+    cpu_bf16_autocast,
+    mixed_precision,
+    pick_max_length,
+    training_arguments,
+)
 
 __all__ = [
     "AUTO_MAX_LENGTH",
@@ -54,12 +63,6 @@ logger = logging.getLogger(__name__)
 LOSSES = ("auto", "softmax", "bce", "distill")
 #: Accepted values of the ``precision`` option.
 PRECISIONS = ("auto", "fp32", "fp16", "bf16")
-#: Caps of ``max_length="auto"``: on CPU (where attention cost dominates) and elsewhere.
-AUTO_MAX_LENGTH_CPU = 192
-AUTO_MAX_LENGTH = 512
-# the engine's numbers for the 95th-percentile rule
-_AUTO_MULTIPLE = 16
-_AUTO_FLOOR = 32
 
 
 #: int options: name -> smallest value (``_OPTIONAL`` ones may also be None)
@@ -83,10 +86,16 @@ _OPTIONAL = {"checkpoint_steps", "max_steps", "early_stopping_patience"}
 _OPTIONAL |= {"head_learning_rate", "max_minutes"}
 
 
+#: options that also take "auto" (the engine decides; see :mod:`.plan`)
+_AUTO_ALLOWED = {"learning_rate", "head_learning_rate"}
+
+
 def _checked(name: str, value: Any) -> Any:
     """``value`` of the int or number option ``name``, checked (TypeError / ValueError)."""
     if value is None and name in _OPTIONAL:
         return None
+    if value == "auto" and name in _AUTO_ALLOWED:
+        return "auto"
     if name in _INTS:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
@@ -116,9 +125,10 @@ class FinetuneConfig:
         epochs: passes over the training data.
         show_progress_bar: tqdm bars during training.
         evaluation_steps: evaluate (and checkpoint) every this many steps.
-        learning_rate: learning rate of the encoder (AdamW).
-        head_learning_rate: learning rate of the freshly initialised head and pooler; None:
-            ``learning_rate``.
+        learning_rate: learning rate of the encoder (AdamW); "auto": 2e-4 when the head is
+            untrained (a fresh head on a bi-encoder's body), 2e-5 for a trained reranker.
+        head_learning_rate: learning rate of the head and pooler; None: ``learning_rate``;
+            "auto": 10x ``learning_rate`` for an untrained head, ``learning_rate`` otherwise.
         warmup_ratio: linear warm-up share of the steps (of the budget with ``max_minutes``).
         weight_decay: AdamW weight decay (not on biases, LayerNorm and the head).
         max_length: tokens per (query, passage) pair: an int > 8, or "auto" (the 95th
@@ -138,10 +148,21 @@ class FinetuneConfig:
         checkpoint_steps: save a checkpoint every N steps; None: every ``evaluation_steps``.
         save_total_limit: checkpoints kept (the best one is always kept).
         max_steps: stop after this many optimizer steps (overrides ``epochs``).
-        max_minutes: wall-clock budget in minutes; the learning rate decays over it.
+        max_minutes: wall-clock budget in minutes for everything ``finetune()`` does (teacher
+            scores, warm start, training, held-out figures); the learning rate decays over it.
+            Default 30; None: no budget.
         logging_steps: log loss and learning rate every N steps.
         device: "cpu", "cuda", ... ; None: the best available.
         unk_warning_threshold: warn above this share of unknown tokens in the training data.
+        holdout: queries kept out of training when no ``val_dataset`` is given (the engine's
+            yardstick, :mod:`.holdout`): "auto" (a tenth, 20 to 100, with >= 50 queries), a
+            number of queries, a share in [0, 1), or 0/None (none).
+        warm_start: train first against the base encoder's own similarity when the head is
+            untrained (:mod:`.warm_start`): "auto" (decided on the held-out queries), True,
+            False.
+        from_encoder: the base may be an encoder without a reranking head (a base model or a
+            bi-encoder); its head starts at random. Without it such a base is refused
+            (``RandomHeadError``), so a random head never happens by accident.
     """
 
     batch_size: int = 10
@@ -149,8 +170,8 @@ class FinetuneConfig:
     epochs: int = 2
     show_progress_bar: bool = True
     evaluation_steps: int = 50
-    learning_rate: float = 2e-4
-    head_learning_rate: float | None = 2e-3
+    learning_rate: float | str = "auto"
+    head_learning_rate: float | str | None = "auto"
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_length: int | str = "auto"
@@ -167,10 +188,13 @@ class FinetuneConfig:
     checkpoint_steps: int | None = None
     save_total_limit: int = 2
     max_steps: int | None = None
-    max_minutes: float | None = None
+    max_minutes: float | None = 30.0
     logging_steps: int = 10
     device: str | None = None
     unk_warning_threshold: float = 0.2
+    holdout: int | float | str | None = "auto"
+    warm_start: bool | str = "auto"
+    from_encoder: bool = False
 
     def __post_init__(self) -> None:
         for name in (*_INTS, *_NUMBERS):
@@ -190,6 +214,21 @@ class FinetuneConfig:
         length = self.max_length
         if not (length == "auto" or (type(length) is int and length > 8)):
             raise ValueError(f"max_length must be an int > 8 or 'auto', got {length!r}.")
+        holdout = self.holdout
+        if isinstance(holdout, bool) or not (
+            holdout is None
+            or holdout == "auto"
+            or (isinstance(holdout, int) and holdout >= 0)
+            or (isinstance(holdout, float) and 0 <= holdout < 1)
+        ):
+            raise ValueError(
+                "holdout must be 'auto', a number of queries (int >= 0), a share in [0, 1) or "
+                f"None; got {holdout!r}."
+            )
+        if not isinstance(self.from_encoder, bool):
+            raise TypeError(f"from_encoder must be True or False, got {self.from_encoder!r}.")
+        if self.warm_start not in (True, False, "auto"):
+            raise ValueError(f"warm_start must be True, False or 'auto', got {self.warm_start!r}.")
         if not isinstance(self.lora, (bool, Mapping)):
             raise TypeError(
                 f"lora must be True/False or a dict of LoraConfig arguments, got {self.lora!r}."
@@ -224,6 +263,10 @@ class FinetuneResult:
         best_metric: best validation metric (when a validation set was given).
         resumed_from_step: the checkpoint step training resumed from (None: from scratch).
         log_history: the trainer's log entries (loss, learning rate, validation metrics).
+        held_out: the :class:`~.holdout.HeldOutReport` (nDCG@10 on the held-out queries before
+            and after), or None without held-out queries.
+        decisions: what the engine decided (learning rates, warm start, loss, batch size,
+            budget), as logged.
         max_length: tokens per pair the model was trained at; serve the model at about this
             length (``CrossEncoderScorer(path, max_length=...)``): far past it, ranking gets
             worse (on SciFact, runs long enough did best a little past it; docs/finetuning.md).
@@ -237,6 +280,8 @@ class FinetuneResult:
     resumed_from_step: int | None = None
     log_history: list[dict[str, Any]] = field(default_factory=list)
     max_length: int | None = None
+    held_out: Any = None
+    decisions: dict[str, Any] = field(default_factory=dict)
 
 
 def resolve(
@@ -279,116 +324,4 @@ def resolve_loss(loss: Any, records: Sequence[Any] | None) -> Any:
         if chosen == "distill"
         else "no teacher scores on the training records",
     )
-    return chosen
-
-
-def cpu_bf16_autocast(precision: str) -> bool:
-    """Whether work on the CPU under ``precision`` runs in bf16 autocast: ``"bf16"`` always,
-    ``"auto"`` where the CPU has bf16 hardware (``runtime.device.cpu_has_native_bf16``), else
-    not. Shared by training and the teacher scores, so both pick bf16 on the same machines."""
-    return precision == "bf16" or (precision == "auto" and cpu_has_native_bf16())
-
-
-def mixed_precision(precision: str, device: str) -> dict[str, bool]:
-    """The trainer's mixed-precision flags (``{"bf16": True}``, ``{"fp16": True}`` or none).
-
-    Mixed precision keeps fp32 master weights, so only the speed changes. On a CPU, bf16
-    autocast is used where the CPU has bf16 hardware (or when asked for); a CPU without it
-    emulates bf16 and would be slower than fp32, and fp16 is never used on a CPU.
-    """
-    import torch
-
-    if precision == "fp32":
-        return {}
-    if device == "cpu":
-        if cpu_bf16_autocast(precision):
-            return {"bf16": True}
-        if precision == "fp16":
-            logger.warning("precision='fp16' is not used on CPU; training in fp32.")
-        return {}
-    if precision == "fp16":
-        return {"fp16": True}
-    if precision == "bf16":
-        return {"bf16": True}
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return {"bf16": True} if torch.cuda.is_bf16_supported() else {"fp16": True}
-    return {}
-
-
-#: The validation metric that picks the best checkpoint.
-BEST_METRIC = "eval_val_mrr@10"
-
-
-def training_arguments(config: FinetuneConfig, device: str, has_val: bool) -> dict[str, Any]:
-    """``CrossEncoderTrainingArguments`` keyword arguments for ``config`` on ``device``.
-
-    ``config`` must be resolved (:func:`resolve` sets ``checkpoint_dir``). With a validation
-    set (``has_val``) the trainer evaluates and saves every ``evaluation_steps`` and keeps the
-    best checkpoint by MRR@10 (:data:`BEST_METRIC`).
-    """
-    if config.checkpoint_dir is None:
-        raise ValueError("config.checkpoint_dir is not set; pass the checkpoint folder")
-    kwargs: dict[str, Any] = {
-        "output_dir": str(config.checkpoint_dir),
-        "num_train_epochs": config.epochs,
-        "per_device_train_batch_size": config.batch_size,
-        "gradient_accumulation_steps": config.gradient_accumulation_steps,
-        "learning_rate": config.learning_rate,
-        "weight_decay": config.weight_decay,
-        "logging_steps": config.logging_steps,
-        "save_strategy": "steps",
-        "save_steps": config.checkpoint_steps or config.evaluation_steps,
-        "save_total_limit": config.save_total_limit,
-        "seed": config.seed,
-        "data_seed": config.seed,
-        "report_to": "none",
-        "disable_tqdm": not config.show_progress_bar,
-        "use_cpu": device == "cpu",
-        "dataloader_drop_last": False,
-        # every trainable weight of a sequence classifier gets a gradient each step; DDP's
-        # unused-parameter search (on by default for a non-transformers model) breaks here
-        "ddp_find_unused_parameters": False,
-        **mixed_precision(config.precision, device),
-    }
-    if config.max_steps:
-        kwargs["max_steps"] = config.max_steps
-    if has_val:
-        kwargs.update(
-            eval_strategy="steps",
-            eval_steps=config.evaluation_steps,
-            save_steps=config.evaluation_steps,
-            load_best_model_at_end=True,
-            metric_for_best_model=BEST_METRIC,
-            greater_is_better=True,
-        )
-    return kwargs
-
-
-def pick_max_length(
-    max_length: int | str,
-    *,
-    tokenizer: Any,
-    pairs: Sequence[tuple[str, str]],
-    device: str,
-    limit: int,
-) -> int:
-    """Tokens per pair to train at: ``max_length`` (at most ``limit``), or the "auto" rule.
-
-    "auto": the 95th percentile of the tokenized ``pairs`` (:func:`~bge_rerank_plugins.
-    tokenization.p95_length`), rounded up to a multiple of 16, at least 32, and at most 192 on
-    CPU (512 elsewhere) and ``limit`` (the model's length limit).
-    """
-    from ..tokenization import p95, p95_length
-
-    if max_length != "auto":
-        return min(int(max_length), limit)
-    cap = min(AUTO_MAX_LENGTH_CPU if device == "cpu" else AUTO_MAX_LENGTH, limit)
-    if not pairs:
-        return cap
-    encoded = tokenizer(
-        [q for q, _ in pairs], [p for _, p in pairs], truncation=True, max_length=limit
-    )
-    lengths = [len(ids) for ids in encoded["input_ids"]]
-    chosen = p95_length(lengths, multiple=_AUTO_MULTIPLE, floor=_AUTO_FLOOR, cap=cap)
-    logger.info("max_length='auto' -> %d tokens (p95 of the pairs: %d).", chosen, p95(lengths))
     return chosen

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +32,13 @@ if TYPE_CHECKING:
     from ..beir import BeirDataset
     from .negatives import NegativeMiningConfig
 
-__all__ = ["groups_from_beir", "load_training_data", "read_training_jsonl", "write_training_jsonl"]
+__all__ = [
+    "groups_from_beir",
+    "load_training_data",
+    "read_training_jsonl",
+    "samples_from_beir",
+    "write_training_jsonl",
+]
 
 # The training-data modules all log under the facade's name, so a logging setup keyed on
 # ``bge_rerank_plugins.finetune.data`` keeps working after the split.
@@ -79,6 +85,59 @@ def write_training_jsonl(groups: Iterable[TrainingGroup], path: str | os.PathLik
 
 
 # ---------------------------------------------------------------------- BEIR
+def samples_from_beir(
+    dataset: BeirDataset | str | os.PathLike[str],
+    split: str = "train",
+    *,
+    negatives_per_positive: int = 4,
+    pool: int = 30,
+    query_ids: Sequence[str] | None = None,
+    template: Any = None,
+    relevance_threshold: float = 1,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """LlamaIndex-style samples (``{"query", "context", "score"}``) from a BEIR-style split.
+
+    For each relevant document of a query: the document (score 1.0), and
+    ``negatives_per_positive`` documents drawn (seeded) from the query's first-stage top
+    ``pool`` candidates that are not relevant (score 0.0), positives listed first: the data a
+    LlamaIndex user hands to ``CrossEncoderFinetuneEngine``. Needs the split's candidates file.
+
+    Example:
+        >>> samples = samples_from_beir("../shared/data/scifact", "train")  # doctest: +SKIP
+        >>> [sample.get("score") for sample in samples[:2]]  # doctest: +SKIP
+        [1.0, 0.0]
+    """
+    import random
+
+    from ..beir import BeirDataset, load_beir
+    from ..fields import as_template
+
+    data = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
+    if not data.candidates:
+        raise ValueError(
+            f"samples_from_beir needs first-stage candidates (candidates/{split}.jsonl) to draw "
+            "negatives from; use groups_from_beir(..., negatives=...) to mine them with BM25."
+        )
+    tpl = as_template(template)
+    rng = random.Random(seed)
+    samples: list[dict[str, Any]] = []
+    for qid in query_ids if query_ids is not None else data.query_ids:
+        relevant = set(data.relevant(qid, relevance_threshold))
+        candidates = data.candidates.get(qid)
+        if not relevant or candidates is None:
+            continue
+        others = [d for d in candidates.ids[:pool] if d not in relevant and d in data.corpus]
+        positives = sorted(d for d in relevant if d in data.corpus)
+        drawn = rng.sample(others, min(len(others), negatives_per_positive * len(positives)))
+        query = data.queries[qid].text
+        for doc_id, score in [*((d, 1.0) for d in positives), *((d, 0.0) for d in drawn)]:
+            samples.append(
+                {"query": query, "context": tpl.render(data.corpus[doc_id]), "score": score}
+            )
+    return samples
+
+
 def groups_from_beir(
     dataset: BeirDataset | str | os.PathLike[str],
     split: str = "train",

@@ -209,9 +209,19 @@ class RerankerTrainer(CrossEncoderTrainer):
 
 
 def train(
-    model: Any, config: Any, *, device: str, train_dataset: Any, loss: Any, evaluator: Any
+    model: Any,
+    config: Any,
+    *,
+    device: str,
+    train_dataset: Any,
+    loss: Any,
+    evaluator: Any,
+    step_hooks: Sequence[Any] = (),
 ) -> tuple[RerankerTrainer, float, int | None]:
     """Run training with a resolved :class:`~.recipe.FinetuneConfig` (``checkpoint_dir`` set).
+
+    ``step_hooks``: objects with ``attach(trainer)`` and ``on_step_end(step)``, called after
+    every optimizer step (the warm start sizes its budget this way).
 
     Returns:
         The trainer (its ``state`` and ``model`` hold the outcome), the training loop's wall
@@ -243,10 +253,23 @@ def train(
         warmup_ratio=config.warmup_ratio,
         budget_s=config.max_minutes * 60 if config.max_minutes else None,
     )
+    for hook in step_hooks:
+        hook.attach(trainer)
+        trainer.add_callback(_StepHook(hook))
     resume, resumed_step = resume_point(config.resume_from_checkpoint, config.checkpoint_dir)
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     return trainer, time.time() - started, resumed_step
+
+
+class _StepHook(TrainerCallback):
+    """Calls ``hook.on_step_end(global_step)`` after each optimizer step."""
+
+    def __init__(self, hook: Any) -> None:
+        self.hook = hook
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **_: Any) -> None:
+        self.hook.on_step_end(state.global_step)
 
 
 def make_loss(loss: Any, model: Any, distill_weight: float) -> Any:

@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["FAMILIES", "ModelFamily"]
+__all__ = [
+    "FAMILIES",
+    "ModelFamily",
+    "build_encoder",
+    "build_runner",
+    "detect_family",
+    "family_choices",
+    "resolve_family",
+]
 
 
 @dataclass(frozen=True)
@@ -42,11 +50,32 @@ class ModelFamily:
             for a ``transformers`` config this family cannot score.
         score: ``score(logits) -> scores``, one raw relevance score per row (float32; its
             sigmoid is the probability of "relevant").
+        detect: ``detect(source, config) -> bool``, whether ``family="auto"`` picks this family
+            for the model at ``source`` (a local folder or a Hub id); ``None``: never picked
+            automatically (``"sequence-classification"`` is the fallback).
+        load: ``load(loaded, dtype) -> network``, the torch network (a module whose
+            ``forward(input_ids, attention_mask, token_type_ids=None, return_dict=True)`` returns
+            an object with ``.logits``), refusing missing weights itself; ``None``: the
+            ``transformers`` sequence-classification loader of :mod:`.loading`.
+        check_files: ``check_files(source, name, tokenizer, revision)``, run when the model is
+            first loaded, before any weights are read: raises naming what is missing, and may
+            set ``tokenizer.model_max_length`` from the family's own files.
+        encoder: ``encoder(loaded, config) -> encoder`` with the interface of
+            :class:`~bge_rerank_plugins.tokenization.PairEncoder` (the family's prompt);
+            ``None``: the tokenizer's (query, passage) pair encoding (:func:`build_encoder`).
+        runner: ``runner(loaded, backend) -> Runner`` replacing the backend's runner (the
+            causal families' :class:`~.backends.causal.CausalRunner`); ``None``: the
+            backend's own (:func:`build_runner`).
     """
 
     name: str
     check: Callable[[Any, str], None]
     score: Callable[[torch.Tensor], torch.Tensor]
+    detect: Callable[[str, Any], bool] | None = None
+    load: Callable[[Any, Any], Any] | None = None
+    check_files: Callable[[str, str, Any, str | None], None] | None = None
+    encoder: Callable[[Any, Any], Any] | None = None
+    runner: Callable[[Any, str], Any] | None = None
 
 
 def _check_labels(config: Any, model_name: str) -> None:
@@ -66,9 +95,138 @@ def _classifier_score(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 0]
 
 
+def _no_check(config: Any, model_name: str) -> None:
+    """For families whose loader checks the layout itself (the output count included)."""
+
+
+def _st_modular_detect(source: str, config: Any) -> bool:
+    from .st_layout import is_st_modular
+
+    return is_st_modular(source)
+
+
+def _st_modular_load(loaded: Any, dtype: Any) -> Any:
+    from .st_modular import load_st_modular
+
+    return load_st_modular(loaded, dtype)
+
+
+def _st_modular_check_files(source: str, name: str, tokenizer: Any, revision: str | None) -> None:
+    from .st_layout import check_st_modular_files
+
+    check_st_modular_files(source, name, tokenizer, revision)
+
+
+def _causal(function: str) -> Callable[..., Any]:
+    """``function`` of :mod:`.causal_family`, imported on first call (torch-free import)."""
+
+    def call(*args: Any) -> Any:
+        from . import causal_family
+
+        return getattr(causal_family, function)(*args)
+
+    call.__name__ = function
+    return call
+
+
+def _causal_with_name(function: str, family: str) -> Callable[..., Any]:
+    """``function(family, *args)`` of :mod:`.causal_family`."""
+    return lambda *args: _causal(function)(family, *args)
+
+
 #: Every family the scorer can run, by name.
 FAMILIES: dict[str, ModelFamily] = {
     "sequence-classification": ModelFamily(
         name="sequence-classification", check=_check_labels, score=_classifier_score
     ),
+    # A sentence-transformers cross-encoder saved as modules (modules.json: Transformer ->
+    # Pooling -> Dense [-> LayerNorm -> Dense]): runtime/st_modular.py builds it as one network.
+    "st-modular": ModelFamily(
+        name="st-modular",
+        check=_no_check,
+        score=_classifier_score,
+        detect=_st_modular_detect,
+        load=_st_modular_load,
+        check_files=_st_modular_check_files,
+    ),
+    # Causal LMs read at the last token (runtime/causal_family.py): FlagEmbedding's
+    # bge-reranker-v2-gemma layout, and the chat-template yes/no layout (Qwen3-Reranker).
+    "bge-decoder-only": ModelFamily(
+        name="bge-decoder-only",
+        check=_causal("check_causal_config"),
+        score=_classifier_score,
+        detect=_causal("detect_bge_decoder"),
+        load=_causal("load_causal_lm"),
+        check_files=_causal("check_causal_files"),
+        encoder=_causal_with_name("causal_encoder", "bge-decoder-only"),
+        runner=_causal_with_name("causal_runner", "bge-decoder-only"),
+    ),
+    "causal-yes-no": ModelFamily(
+        name="causal-yes-no",
+        check=_causal("check_causal_config"),
+        score=_classifier_score,
+        detect=_causal("detect_causal_yes_no"),
+        load=_causal("load_causal_lm"),
+        check_files=_causal("check_causal_files"),
+        encoder=_causal_with_name("causal_encoder", "causal-yes-no"),
+        runner=_causal_with_name("causal_runner", "causal-yes-no"),
+    ),
 }
+
+
+def build_encoder(family: ModelFamily, loaded: Any, config: Any) -> Any:
+    """The pair encoder a scorer with ``config`` (a ScorerConfig) uses for ``loaded``."""
+    if family.encoder is not None:
+        return family.encoder(loaded, config)
+    from ..tokenization import PairEncoder
+
+    return PairEncoder(
+        loaded.tokenizer,
+        loaded.lock,
+        max_length=config.max_length,
+        query_max_length=config.query_max_length,
+        model_max_length=loaded.max_length_limit,
+    )
+
+
+def build_runner(family: ModelFamily, spec: Any, loaded: Any) -> Any:
+    """The runner of backend ``spec`` (a BackendSpec) for ``loaded``, or the family's own."""
+    if family.runner is not None:
+        return family.runner(loaded, spec.name)
+    return spec.build(loaded)
+
+
+def family_choices() -> tuple[str, ...]:
+    """The values ``family=`` accepts: ``"auto"`` and every registered family, read at each call
+    (a family registered later is accepted too).
+
+    >>> family_choices()[:3]
+    ('auto', 'sequence-classification', 'st-modular')
+    """
+    return ("auto", *FAMILIES)
+
+
+def detect_family(source: str, config: Any) -> str:
+    """The family ``family="auto"`` picks: the first registered family whose ``detect`` says
+    so, else ``"sequence-classification"``.
+
+    >>> from transformers import BertConfig
+    >>> detect_family("/nowhere", BertConfig(architectures=["BertForSequenceClassification"]))
+    'sequence-classification'
+    """
+    for family in FAMILIES.values():
+        if family.detect is not None and family.detect(source, config):
+            return family.name
+    return "sequence-classification"
+
+
+def resolve_family(requested: str, source: str, config: Any) -> str:
+    """``requested`` (``"auto"`` or a family name) as the name of a registered family.
+
+    Raises ValueError naming the choices for an unknown name.
+    """
+    if requested == "auto":
+        return detect_family(source, config)
+    if not isinstance(requested, str) or requested not in FAMILIES:
+        raise ValueError(f"family must be one of {family_choices()}, got {requested!r}")
+    return requested

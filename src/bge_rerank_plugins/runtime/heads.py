@@ -53,9 +53,8 @@ def describe_layout(source: str, config: Any, revision: str | None = None) -> st
     if _has_modules_json(source, revision):
         return (
             "a sentence-transformers modular model (Transformer/Pooling/Dense modules listed "
-            "in modules.json): not supported by this scorer yet. Load it with "
-            "sentence_transformers.CrossEncoder, or use a checkpoint saved as a "
-            "*ForSequenceClassification model"
+            "in modules.json): not supported by family='sequence-classification'. Pass "
+            "family='auto' (the default) or family='st-modular', which loads its modules"
         )
     architectures = list(getattr(config, "architectures", None) or [])
     if not any(a.endswith("ForSequenceClassification") for a in architectures):

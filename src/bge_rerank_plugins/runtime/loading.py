@@ -73,6 +73,8 @@ class LoadedModel:
     max_length_limit: int
     source: str = ""
     load_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: The model's family (a key of :data:`~bge_rerank_plugins.runtime.families.FAMILIES`).
+    family: str = "sequence-classification"
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     #: What backends build from this model and reuse (an ONNX Runtime session, int8 layers),
     #: keyed by the backend's own name for it; filled by the backends, under :attr:`lock`.
@@ -97,9 +99,13 @@ class LoadedModel:
         import torch
         from transformers import AutoModelForSequenceClassification
 
+        from .families import FAMILIES
         from .first_token import compute_last_layer_for_first_token
         from .half_weights import load_half_precision
 
+        family_load = FAMILIES[self.family].load
+        if family_load is not None:  # a family with a loader of its own (and its own checks)
+            return family_load(self, dtype).eval().to(device)
         network = None
         try:
             if dtype in (torch.float16, torch.bfloat16):
@@ -288,8 +294,9 @@ def load_cross_encoder(
     trust_remote_code: bool = False,
     use_cache: bool = True,
     load_weights: bool = True,
+    family: str = "auto",
 ) -> LoadedModel:
-    """Load a sequence-classification cross-encoder and its tokenizer, reusing a cached copy.
+    """Load a cross-encoder and its tokenizer, reusing a cached copy.
 
     Args:
         model: a Hugging Face Hub id or a local directory.
@@ -303,8 +310,12 @@ def load_cross_encoder(
         load_weights: load the torch weights now (``False``: the tokenizer and config only, the
             weights on first use of :attr:`LoadedModel.model`; for backends that run their own
             copy of the model).
+        family: ``"auto"`` (from the model's files) or a key of
+            :data:`~bge_rerank_plugins.runtime.families.FAMILIES` (docs/families.md).
     """
     from transformers import AutoConfig, AutoTokenizer
+
+    from .families import FAMILIES, family_choices, resolve_family
 
     if not isinstance(model, (str, os.PathLike)) or not str(model):
         raise TypeError(f"model must be a Hub id or a local directory path, got {model!r}")
@@ -313,7 +324,9 @@ def load_cross_encoder(
     source = str(local.resolve()) if local.is_dir() else str(local)
     resolved_device = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, use_fp16, resolved_device)
-    key = (source, resolved_device, str(torch_dtype), revision, trust_remote_code)
+    if family not in family_choices():
+        raise ValueError(f"family must be one of {family_choices()}, got {family!r}")
+    key = (source, resolved_device, str(torch_dtype), revision, trust_remote_code, family)
     loaded = None
     if use_cache:
         with _cache_lock:
@@ -341,6 +354,10 @@ def load_cross_encoder(
                 ) from error
             _check_tokenizer(name, tokenizer)
             clean(tokenizer)
+            family = resolve_family(family, source, config)
+            check_files = FAMILIES[family].check_files
+            if check_files is not None:  # refuse what the family cannot run, before any weight
+                check_files(source, name, tokenizer, revision)
             loaded = LoadedModel(
                 tokenizer=tokenizer,
                 config=config,
@@ -350,11 +367,13 @@ def load_cross_encoder(
                 max_length_limit=model_length_limit(config, tokenizer),
                 source=source,
                 load_options=options,
+                family=family,
             )
             if use_cache:
                 with _cache_lock:
                     loaded = _cache.setdefault(key, loaded)
-        if not load_weights and not loaded.weights_loaded:
+        classifier = loaded.family == "sequence-classification"  # other families check their own
+        if not load_weights and not loaded.weights_loaded and classifier:
             # Backends with a copy of their own (an ONNX graph exported earlier) may never load
             # the torch weights: check the checkpoint's weight names for a missing head.
             from .half_weights import single_safetensors_file

@@ -1,4 +1,4 @@
-"""HTTP rerank service with TEI- and Cohere-compatible endpoints and dynamic batching.
+"""HTTP rerank service with TEI-, Cohere- and vLLM-compatible endpoints and dynamic batching.
 
 Needs the ``serve`` extra (``pip install "bge-rerank-plugins[serve]"``). Start it with
 ``bge-rerank serve --model DIR`` or from Python:

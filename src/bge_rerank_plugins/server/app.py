@@ -5,10 +5,13 @@ Endpoints:
 * ``POST /rerank``: Hugging Face text-embeddings-inference (TEI) shape (:mod:`.routes.tei`).
 * ``POST /v1/rerank``, ``POST /v2/rerank``: Cohere shapes (the ``cohere`` SDK's ``Client`` and
   ``ClientV2`` work when pointed at the server with ``base_url``; :mod:`.routes.cohere`).
-* ``GET /health``: 200 once the model is loaded, 503 before (or if loading failed).
+* ``POST /score``, ``POST /v1/score``: vLLM's score shape; ``GET /v1/models``: OpenAI's model
+  list (:mod:`.routes.vllm`).
+* ``GET /health``: 200 once the model is loaded, 503 before (with ``Retry-After`` while loading)
+  or if loading failed.
 * ``GET /metrics``: Prometheus text format.
-* ``GET /info``: the model and the server's limits and batching settings (behind the API key
-  when one is set).
+* ``GET /info``: TEI's info shape (model, limits, ``max_client_batch_size``) plus the server's
+  settings (behind the API key when one is set).
 
 The model is loaded once, in the background, when the app starts; requests are scored by one worker
 thread that merges concurrent requests into shared batches (:mod:`.service`, :mod:`.batcher`).

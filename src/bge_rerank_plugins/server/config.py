@@ -96,8 +96,9 @@ class ServerConfig:
     #: ``normalize``: the server asks for raw logits and applies the sigmoid per request (TEI's
     #: ``raw_scores``); ``template``: requests carry texts (TEI) or documents rendered by
     #: ``rank_fields`` (Cohere), not records; ``query_max_length``, ``cache_size``,
-    #: ``revision``, ``trust_remote_code``: not served options yet (no ``serve`` flags); serve
-    #: such a scorer with ``create_app(config, scorer_factory=...)``.
+    #: ``revision``, ``trust_remote_code``, ``family`` (detected from the model's files),
+    #: ``instruction``: not served options yet (no ``serve`` flags); serve such a scorer with
+    #: ``create_app(config, scorer_factory=...)``.
     SCORER_CONFIG_EXCLUDED: ClassVar[tuple[str, ...]] = (
         "normalize",
         "template",
@@ -105,6 +106,8 @@ class ServerConfig:
         "cache_size",
         "revision",
         "trust_remote_code",
+        "family",
+        "instruction",
     )
 
     model: str = DEFAULT_MODEL

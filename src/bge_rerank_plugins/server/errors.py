@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 class ErrorKind(str, Enum):
     """What went wrong, as sent in ``error_type``; :data:`STATUS` gives each one's HTTP status."""
 
+    BAD_REQUEST = "bad_request"
     INVALID = "invalid"
     VALIDATION = "validation"
     UNAUTHORIZED = "unauthorized"
@@ -58,6 +59,7 @@ class ErrorKind(str, Enum):
 #: The one mapping from error kind to HTTP status.
 STATUS: Mapping[ErrorKind, int] = MappingProxyType(
     {
+        ErrorKind.BAD_REQUEST: 400,
         ErrorKind.INVALID: 422,
         ErrorKind.VALIDATION: 422,
         ErrorKind.UNAUTHORIZED: 401,
@@ -84,6 +86,8 @@ class ApiError(Exception):
         message: what went wrong and how to fix it.
         field: the request field at fault (``"documents[3]"``, ``"body"``), if any.
         close: also close the connection (``Connection: close``).
+        retry_after: seconds after which a retry may succeed, sent as ``Retry-After`` (a 503
+            while the model loads or a 429).
     """
 
     def __init__(
@@ -93,12 +97,14 @@ class ApiError(Exception):
         *,
         field: str | None = None,
         close: bool = False,
+        retry_after: int | None = None,
     ) -> None:
         super().__init__(message)
         self.kind = ErrorKind(kind)
         self.message = message
         self.field = field
         self.close = close
+        self.retry_after = retry_after
 
     @property
     def status(self) -> int:
@@ -122,11 +128,13 @@ def error_body(message: str, kind: ErrorKind | str, field: str | None) -> dict[s
 
 
 def error_response(error: ApiError) -> JSONResponse:
-    """``error`` as a response (with ``WWW-Authenticate`` on 401, ``Connection: close`` if
-    asked)."""
+    """``error`` as a response (with ``WWW-Authenticate`` on 401, ``Connection: close`` and
+    ``Retry-After`` if asked)."""
     headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else {}
     if error.close:
         headers["Connection"] = "close"
+    if error.retry_after is not None:
+        headers["Retry-After"] = str(error.retry_after)
     return JSONResponse(
         error_body(error.message, error.kind, error.field), error.status, headers=headers
     )

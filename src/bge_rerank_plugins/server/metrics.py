@@ -12,6 +12,9 @@ Exported series (all prefixed ``bge_rerank_``):
 * ``batch_seconds``: histogram of model time per merged batch.
 * ``queue_depth``: requests waiting for the batcher.
 * ``model_loaded``: 1 once the model is ready.
+* ``deadline_fallbacks_total``: rankings returned in first-stage order because scoring would
+  have run past its ``timeout`` (``Ranked.reranked`` is False, :mod:`bge_rerank_plugins.ranking`);
+  counted by :meth:`ServerMetrics.observe_deadline_fallback`.
 
 >>> m = ServerMetrics()
 >>> m.observe_batch(requests=2, pairs=40, seconds=0.1)
@@ -82,6 +85,11 @@ class ServerMetrics:
         self.model_loaded = Gauge(
             "bge_rerank_model_loaded", "1 once the model is loaded and serving.", registry=r
         )
+        self.deadline_fallbacks = Counter(
+            "bge_rerank_deadline_fallbacks",
+            "Rankings returned in first-stage order: scoring would have run past the timeout.",
+            registry=r,
+        )
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
         """Count one HTTP request and its latency."""
@@ -94,6 +102,10 @@ class ServerMetrics:
         self.batch_pairs.observe(pairs)
         self.batch_requests.observe(requests)
         self.batch_seconds.observe(seconds)
+
+    def observe_deadline_fallback(self) -> None:
+        """Count one ranking that fell back to the first-stage order at its deadline."""
+        self.deadline_fallbacks.inc()
 
     def track_queue(self, depth: Callable[[], float]) -> None:
         """Read the queue depth from ``depth()`` at each scrape."""

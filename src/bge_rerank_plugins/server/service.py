@@ -21,13 +21,17 @@ from .batcher import BatcherClosedError, BatchStats, DynamicBatcher
 from .config import ServerConfig
 from .errors import ApiError, ErrorKind
 from .metrics import ServerMetrics
+from .truncation import Truncation, apply_truncation
 
 if TYPE_CHECKING:
     from ..scorer import CrossEncoderScorer
 
-__all__ = ["ScorerService", "get_service"]
+__all__ = ["LOADING_RETRY_AFTER_S", "ScorerService", "get_service"]
 
 logger = logging.getLogger(__name__)
+
+#: ``Retry-After`` (seconds) of a 503 while the model loads or the server shuts down.
+LOADING_RETRY_AFTER_S = 2
 
 
 class ScorerService:
@@ -152,19 +156,54 @@ class ScorerService:
                     field=f"{field}[{i}]",
                 )
 
-    async def raw_scores(self, query: str, texts: list[str], field: str) -> list[float]:
-        """The model's raw scores for (query, text) pairs, all finite, or an :class:`ApiError`
-        (503 while loading or shutting down, 500 if scoring fails or a score is not finite)."""
+    def ready_batcher(self) -> DynamicBatcher:
+        """The batcher, or a 503 (with ``Retry-After`` while loading; none after a failed load,
+        which a retry does not fix)."""
         batcher = self.batcher
         if batcher is None:
-            message = "The model is still loading; retry shortly."
             if self.load_error:
-                message = f"The model failed to load: {self.load_error}"
-            raise ApiError(ErrorKind.UNAVAILABLE, message)
+                raise ApiError(
+                    ErrorKind.UNAVAILABLE, f"The model failed to load: {self.load_error}"
+                )
+            raise ApiError(
+                ErrorKind.UNAVAILABLE,
+                "The model is still loading; retry shortly.",
+                retry_after=LOADING_RETRY_AFTER_S,
+            )
+        return batcher
+
+    async def truncated(
+        self, query: str, texts: list[str], truncation: Truncation | None, field: str
+    ) -> tuple[str, list[str]]:
+        """``query`` and ``texts`` cut as the request's truncation settings ask (on a thread:
+        it tokenizes); unchanged when it sets none."""
+        if truncation is None or truncation.is_default:
+            return query, texts
+        self.ready_batcher()
+        return await asyncio.to_thread(
+            apply_truncation, self.scorer, query, texts, truncation, field
+        )
+
+    async def raw_scores(
+        self, query: str, texts: list[str], field: str, truncation: Truncation | None = None
+    ) -> list[float]:
+        """The model's raw scores for (query, text) pairs, all finite, or an :class:`ApiError`
+        (503 while loading or shutting down, 500 if scoring fails or a score is not finite).
+        ``truncation``: the request's own truncation settings (:mod:`.truncation`)."""
+        query, texts = await self.truncated(query, texts, truncation, field)
+        return await self.raw_pair_scores([(query, text) for text in texts], field)
+
+    async def raw_pair_scores(self, pairs: list[tuple[str, str]], field: str) -> list[float]:
+        """Raw scores of (query, text) pairs with any queries, as :meth:`raw_scores`."""
+        batcher = self.ready_batcher()
         try:
-            scores = await batcher.score([(query, text) for text in texts])
+            scores = await batcher.score(pairs)
         except BatcherClosedError:
-            raise ApiError(ErrorKind.UNAVAILABLE, "The server is shutting down.") from None
+            raise ApiError(
+                ErrorKind.UNAVAILABLE,
+                "The server is shutting down.",
+                retry_after=LOADING_RETRY_AFTER_S,
+            ) from None
         except NonFiniteScoreError as error:
             logger.error("Non-finite scores for a request: %s", error)
             raise ApiError(ErrorKind.NON_FINITE_SCORE, str(error)) from None

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from ...batching import plan_batches
 from ...errors import NonFiniteScoreError
+from ..deadline import check_deadline
 
 if TYPE_CHECKING:
     import torch
@@ -82,6 +84,8 @@ def run_batches(
         model_name, backend: named in the error.
 
     Raises:
+        DeadlineExceeded: inside :func:`~bge_rerank_plugins.runtime.deadline.deadline_scope`,
+            before a batch that would end after the deadline (no scores are returned).
         NonFiniteScoreError: some score is NaN or infinite (after the torch runner's float32
             rescue); no scores are returned, since a NaN would sort arbitrarily.
     """
@@ -128,8 +132,12 @@ def run_batches(
 
     try:
         with torch.inference_mode():
+            last = 0.0  # a deadline set by the caller (runtime.deadline) stops at a boundary
             for batch in plan_batches(lengths, batch_size, budget):
+                check_deadline(last)
+                started = time.monotonic()
                 non_finite += one(batch)
+                last = time.monotonic() - started
                 if bar is not None:
                     bar.update(len(batch))
     finally:

@@ -74,10 +74,11 @@ def _fingerprint(source: str) -> dict[str, Any]:
     files = {}
     root = Path(source)
     if root.is_dir():
-        for path in sorted(root.iterdir()):
+        # A sentence-transformers modular model keeps its head in module folders (2_Dense/...).
+        for path in sorted([*root.iterdir(), *root.glob("[0-9]*_*/*")]):
             if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.name == "config.json"):
                 stat = path.stat()
-                files[path.name] = [stat.st_size, int(stat.st_mtime)]
+                files[path.relative_to(root).as_posix()] = [stat.st_size, int(stat.st_mtime)]
     return {
         "source": str(source),
         "files": files,

@@ -2,6 +2,7 @@
 
 * :mod:`.tei`: ``POST /rerank`` (text-embeddings-inference shape);
 * :mod:`.cohere`: ``POST /v1/rerank``, ``POST /v2/rerank`` (Cohere shapes);
+* :mod:`.vllm`: ``POST /score``, ``POST /v1/score`` (vLLM shape), ``GET /v1/models`` (OpenAI);
 * :mod:`.ops`: ``GET /health``, ``/metrics``, ``/info``.
 
 Handlers take the :class:`~bge_rerank_plugins.server.service.ScorerService` through the
@@ -11,9 +12,9 @@ on an app that holds a service at ``app.state.service``.
 
 from __future__ import annotations
 
-from . import cohere, ops, tei
+from . import cohere, ops, tei, vllm
 
-__all__ = ["ROUTERS", "cohere", "ops", "tei"]
+__all__ = ["ROUTERS", "cohere", "ops", "tei", "vllm"]
 
 #: The routers in the order the app includes them.
-ROUTERS = (tei.router, cohere.router, ops.router)
+ROUTERS = (tei.router, cohere.router, vllm.router, ops.router)

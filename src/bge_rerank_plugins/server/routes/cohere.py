@@ -3,6 +3,9 @@ and ``ClientV2`` work when pointed at the server with ``base_url``).
 
 Documents may be strings or objects; an object is scored on its ``rank_fields`` (v1; default
 ``["text"]``) joined by newlines, and returned as sent (with ``text`` filled in if absent).
+``max_tokens_per_doc`` (Cohere v2, vLLM), ``max_tokens_per_query`` and ``truncate_prompt_tokens``
+(vLLM) are honoured (:mod:`..truncation`). An empty ``documents`` list is a 400, as Cohere's API
+answers it (``invalid request: list of documents must not be empty``), and bills nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from ..checks import check_value
 from ..errors import ApiError, ErrorKind
 from ..schemas import CohereRerankResponse, CohereV1RerankRequest, CohereV2RerankRequest
 from ..service import ScorerService, get_service
+from ..truncation import Truncation
 
 __all__ = [
     "cohere_rerank",
@@ -28,6 +32,7 @@ __all__ = [
     "rerank_v2",
     "returned_document",
     "router",
+    "token_limits",
 ]
 
 router = APIRouter()
@@ -78,6 +83,18 @@ def returned_document(doc: Any, text: str) -> dict[str, Any]:
     return {"text": text}
 
 
+def token_limits(body: Any) -> Truncation:
+    """The truncation a Cohere v2 / vLLM body asks for (``truncate_prompt_tokens=-1``: the
+    model's limit, as vLLM reads it; ``truncation_side="left"``: cut documents from the start)."""
+    pair = body.truncate_prompt_tokens
+    return Truncation(
+        left=body.truncation_side == "left",
+        max_doc_tokens=body.max_tokens_per_doc,
+        max_query_tokens=body.max_tokens_per_query,
+        max_pair_tokens=None if pair is None or pair == -1 else max(pair, 1),
+    )
+
+
 async def cohere_rerank(
     service: ScorerService,
     query: str,
@@ -86,12 +103,21 @@ async def cohere_rerank(
     return_documents: bool,
     rank_fields: list[str] | None,
     version: str,
+    truncation: Truncation | None = None,
 ) -> dict[str, Any]:
     """The Cohere response body for one request (both versions)."""
     check_value(query, "query")
+    if not documents:
+        raise ApiError(
+            ErrorKind.BAD_REQUEST,
+            "invalid request: list of documents must not be empty (send at least one "
+            "document; nothing was scored or billed).",
+            field="documents",
+        )
     texts = document_texts(documents, rank_fields, return_documents)
     service.check_limits(query, texts, "documents")
-    scores = [sigmoid(x) for x in await service.raw_scores(query, texts, "documents")]
+    raw = await service.raw_scores(query, texts, "documents", truncation)
+    scores = [sigmoid(x) for x in raw]
     order = best_first(scores)
     if top_n is not None:
         order = order[:top_n]
@@ -130,6 +156,7 @@ async def rerank_v1(
         body.return_documents,
         body.rank_fields,
         "1",
+        token_limits(body),
     )
 
 
@@ -145,5 +172,12 @@ async def rerank_v2(
 ) -> dict[str, Any]:
     """Cohere v2 rerank (object documents are scored on their ``text``)."""
     return await cohere_rerank(
-        service, body.query, body.documents, body.top_n, body.return_documents, None, "2"
+        service,
+        body.query,
+        body.documents,
+        body.top_n,
+        body.return_documents,
+        None,
+        "2",
+        token_limits(body),
     )

@@ -1,0 +1,186 @@
+"""Sending one request with bounded retries: 429 and 503 (and refused connections) are retried
+with backoff, honouring ``Retry-After``; anything else that is not a 2xx is an error naming the
+status and the server's message.
+
+>>> retry_delay("3", attempt=0)
+3.0
+>>> retry_delay(None, attempt=2)
+2.0
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from ..errors import RerankerError
+
+__all__ = [
+    "MAX_RETRY_WAIT_S",
+    "RETRY_STATUSES",
+    "RemoteRerankError",
+    "asend",
+    "retry_delay",
+    "send",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Statuses that mean "not now": retried up to ``max_retries`` times.
+RETRY_STATUSES = frozenset({429, 503})
+#: The longest one wait between retries, whatever ``Retry-After`` says.
+MAX_RETRY_WAIT_S = 60.0
+#: First backoff without ``Retry-After`` (doubled per attempt).
+BACKOFF_S = 0.5
+
+
+class RemoteRerankError(RerankerError):
+    """A rerank server refused or failed a request; ``status`` is its HTTP status (``None``
+    when no answer came: a timeout or a refused connection)."""
+
+    def __init__(self, message: str, *, status: int | None = None, url: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.url = url
+
+
+def retry_delay(retry_after: str | None, attempt: int) -> float:
+    """Seconds to wait before retry ``attempt`` (0-based): ``Retry-After`` (seconds or an HTTP
+    date) when the server sent one, else exponential backoff; at most :data:`MAX_RETRY_WAIT_S`."""
+    if retry_after:
+        value = retry_after.strip()
+        try:
+            return min(MAX_RETRY_WAIT_S, max(0.0, float(value)))
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(value).timestamp()
+            except (TypeError, ValueError):
+                when = None
+            if when is not None:
+                return min(MAX_RETRY_WAIT_S, max(0.0, when - time.time()))
+    return min(MAX_RETRY_WAIT_S, BACKOFF_S * 2**attempt)
+
+
+def _message(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300]
+    if isinstance(body, dict):
+        for key in ("error", "message", "detail"):
+            value = body.get(key)
+            if isinstance(value, dict):
+                value = value.get("message", value)
+            if value:
+                return str(value)[:300]
+    return str(body)[:300]
+
+
+def _failure(response: httpx.Response, url: str, attempts: int) -> RemoteRerankError:
+    status = response.status_code
+    detail = _message(response)
+    if status in RETRY_STATUSES:
+        text = (
+            f"{url} answered {status} ({detail}) {attempts} times; gave up after "
+            f"max_retries={attempts - 1}. The server is overloaded or still loading its model: "
+            "raise max_retries=, send smaller requests (max_batch=), or retry later."
+        )
+    elif status == 401 or status == 403:
+        text = (
+            f"{url} answered {status} ({detail}): pass the server's key as api_key= (sent as "
+            "'Authorization: Bearer <key>')."
+        )
+    elif status == 404:
+        text = (
+            f"{url} answered 404 ({detail}): the server has no such endpoint. Pass "
+            "dialect= matching the server (tei, cohere or vllm) or the endpoint's full URL."
+        )
+    elif status == 413:
+        text = (
+            f"{url} answered 413 ({detail}): the request is too large for the server; lower "
+            "max_batch= to the server's per-request limit."
+        )
+    else:
+        text = f"{url} answered {status}: {detail}"
+    return RemoteRerankError(text, status=status, url=url)
+
+
+def _transport_failure(error: httpx.HTTPError, url: str, timeout: float) -> RemoteRerankError:
+    if isinstance(error, httpx.TimeoutException):
+        text = (
+            f"{url} did not answer within timeout={timeout:g} s ({type(error).__name__}); raise "
+            "timeout= or send smaller requests (max_batch=)."
+        )
+    else:
+        text = (
+            f"Could not reach {url}: {type(error).__name__}: {error}. Check the URL and that "
+            "the server is running."
+        )
+    return RemoteRerankError(text, url=url)
+
+
+def _retryable(error: httpx.HTTPError) -> bool:
+    return isinstance(error, httpx.ConnectError)
+
+
+def send(
+    client: httpx.Client,
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
+    max_retries: int,
+    timeout: float,
+) -> httpx.Response:
+    """The 2xx response to one request, retrying 429/503 and refused connections."""
+    attempt = 0
+    while True:
+        try:
+            response = client.request(method, url, json=json)
+        except httpx.HTTPError as error:
+            if not _retryable(error) or attempt >= max_retries:
+                raise _transport_failure(error, url, timeout) from error
+            delay = retry_delay(None, attempt)
+        else:
+            if response.is_success:
+                return response
+            if response.status_code not in RETRY_STATUSES or attempt >= max_retries:
+                raise _failure(response, url, attempt + 1)
+            delay = retry_delay(response.headers.get("Retry-After"), attempt)
+        logger.info("Retrying %s in %.2f s (attempt %d)", url, delay, attempt + 1)
+        time.sleep(delay)
+        attempt += 1
+
+
+async def asend(
+    client: httpx.AsyncClient,
+    method: str,
+    url: str,
+    *,
+    json: Any = None,
+    max_retries: int,
+    timeout: float,
+) -> httpx.Response:
+    """:func:`send` for an :class:`httpx.AsyncClient` (waits with ``asyncio.sleep``)."""
+    attempt = 0
+    while True:
+        try:
+            response = await client.request(method, url, json=json)
+        except httpx.HTTPError as error:
+            if not _retryable(error) or attempt >= max_retries:
+                raise _transport_failure(error, url, timeout) from error
+            delay = retry_delay(None, attempt)
+        else:
+            if response.is_success:
+                return response
+            if response.status_code not in RETRY_STATUSES or attempt >= max_retries:
+                raise _failure(response, url, attempt + 1)
+            delay = retry_delay(response.headers.get("Retry-After"), attempt)
+        logger.info("Retrying %s in %.2f s (attempt %d)", url, delay, attempt + 1)
+        await asyncio.sleep(delay)
+        attempt += 1
