@@ -339,11 +339,12 @@ def calibration_figures(
         mean_p = sum(p for p, _ in kept) / len(kept) if kept else float("nan")
         gap = abs(precision - mean_p) if kept else float("nan")
         figures[name] = {"ece": ece, "kept": len(kept), "precision": precision, "mean_p": mean_p}
-        met = "" if name != chosen else ("yes" if ece <= 0.05 and gap <= 0.1 else "NO")
-        rows.append(
-            f"| {name} | {ece:.4f} | {len(kept)} | {precision:.3f} | {mean_p:.3f} | {gap:.3f} "
-            f"| {met} |"
-        )
+        met = ""
+        if name == chosen:
+            gap_met = "n/a (none kept)" if not kept else ("yes" if gap <= 0.1 else "NO")
+            met = f"ECE {'yes' if ece <= 0.05 else 'NO'}, gap {gap_met}"
+        cells = [f"{v:.3f}" if kept else "-" for v in (precision, mean_p, gap)]
+        rows.append(f"| {name} | {ece:.4f} | {len(kept)} | " + " | ".join(cells) + f" | {met} |")
     png = args.out / "reliability_scifact_dev.png"
     try:
         plot_reliability(curves, labels, png, title="SciFact dev, held-out half (BM25 top-k)")

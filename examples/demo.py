@@ -13,7 +13,7 @@ LangChain, on queries the reranker never saw.
    saturate at 1.000 as the sigmoid does; bars show the sigmoid) and timings. A check mark says
    whether the known relevant document came first: the demo shows misses too.
    The dense pipeline also shows the reranker's scores *fused* with the retriever's
-   (``CrossEncoderScorer.rank(..., first_stage_scores=..., fusion=...)``): a min-max blend whose
+   (a second query engine with ``BGEReranker(top_n=3, fusion=...)``): a min-max blend whose
    weight ``fit_fusion`` learns on the training queries (5-fold cross-validation), never on
    the queries it reports; per query and in total it says which of first stage, reranked and
    fused had the relevant document at rank 1.
@@ -88,6 +88,9 @@ def build_reranker(cache: Path, epochs: int, retrain: bool, clock: Clock) -> Pat
         epochs=epochs,
         batch_size=8,
         show_progress_bar=True,
+        # the demo trains the epochs it asks for; without a budget the engine's warm start of
+        # the untrained MiniLM head is one short pass (with a budget it fills the budget)
+        max_minutes=None,
     )
     engine.finetune()
     seconds = time.perf_counter() - start
@@ -286,9 +289,15 @@ def main() -> None:
     print(
         f"\n   Fusion with the dense scores, learnt on the {len(fit.heldout_values)} training "
         f"queries: {fusion.describe()}\n   (fused = {fusion.weight:.2f} x reranker + "
-        f"{1 - fusion.weight:.2f} x dense, each min-max scaled per query.\n   {fit.metric} on "
+        f"{1 - fusion.weight:.2f} x dense, each min-max scaled per query)\n   {fit.metric} on "
         f"those queries: first stage {fit.first_stage:.3f}, reranker {fit.reranker:.3f} "
-        f"(trained on them), fused {fit.heldout:.3f} (weight chosen on the other folds))"
+        f"(trained on them),\n   fused {fit.heldout:.3f} (each fold's weight chosen on the "
+        "other folds)"
+    )
+    fused_engine = index.as_query_engine(
+        similarity_top_k=10,
+        node_postprocessors=[BGEReranker(scorer=scorer, top_n=3, fusion=fusion)],
+        llm=MockLLM(),
     )
     clock.step("fit the fusion weight", time.perf_counter() - start)
     llama_hits = first_hits_llama = fused_hits = 0
@@ -302,18 +311,12 @@ def main() -> None:
         reranked = [
             (n.node.ref_doc_id, n.node.get_content(), n.score) for n in response.source_nodes
         ]
-        # FUSION SPOT: BGEReranker has no fusion option yet, so the fused order comes from the
-        # scorer itself, on the very texts BGEReranker scores and the retriever's own scores.
-        # Once BGEReranker takes fusion=FusionConfig(...), pass fusion=fusion to it above and
-        # read the fused order from response.source_nodes instead.
-        ranked = scorer.rank(
-            q["query"],
-            [reranker.node_text(n, i) for i, n in enumerate(hits)],
-            top_k=3,
-            first_stage_scores=[n.score for n in hits],
-            fusion=fusion,
-        )
-        fused = [(first[r.index][0], first[r.index][1], r.fused_score) for r in ranked]
+        # The same retrieval, reranked with fusion: BGEReranker(fusion=...) blends its scores
+        # with each node's retrieval score (first_stage="score", the default).
+        fused = [
+            (n.node.ref_doc_id, n.node.get_content(), n.score)
+            for n in fused_engine.query(q["query"]).source_nodes
+        ]
         hit, fused_hit = show(q["query"], first, reranked, relevant, fused)
         llama_hits += hit
         fused_hits += fused_hit

@@ -4,7 +4,8 @@
 (the fields of :class:`~bge_rerank_plugins.config.ScorerConfig`: model, device, dtype, lengths,
 batch size, normalize, cache, backend...) or an existing ``scorer`` to share.
 :class:`RerankOptions` adds what a reranking step decides (``top_n``, ``score_threshold``, a
-``template`` over text and metadata). The LlamaIndex postprocessor
+``template`` over text and metadata, and ``fusion`` / ``first_stage`` / ``timeout``:
+:mod:`~bge_rerank_plugins.adapter_ranking`). The LlamaIndex postprocessor
 (:class:`~bge_rerank_plugins.llama_index.BGEReranker`) and the LangChain classes
 (:class:`~bge_rerank_plugins.langchain.BGERerankCompressor`,
 :class:`~bge_rerank_plugins.langchain.BGECrossEncoder`) inherit these pydantic fields, so an option

@@ -85,6 +85,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="seconds a request body may take to arrive after its headers (0: no bound)",
     )
     parser.add_argument(
+        "--score-timeout",
+        type=float,
+        default=0.0,
+        help="seconds a request may wait for its scores, queue included; later -> 503 "
+        "deadline_exceeded with Retry-After (default 0: no deadline)",
+    )
+    parser.add_argument(
         "--api-key",
         default=None,
         help="require 'Authorization: Bearer KEY' on /rerank, /v1/rerank, /v2/rerank and "
@@ -137,6 +144,7 @@ def run(args: argparse.Namespace) -> int:
         torch_threads=args.threads,
         request_header_timeout_s=args.request_header_timeout or None,
         request_body_timeout_s=args.request_body_timeout or None,
+        score_timeout_s=args.score_timeout or None,
     )
     package_logger = logging.getLogger("bge_rerank_plugins")
     previous_level = package_logger.level

@@ -41,8 +41,8 @@ class BGERerankRetriever(DocumentRerankOptions, BaseRetriever):
             ``score_threshold``). ``invoke(query, k=1)`` overrides it for one call.
 
     The other options -- ``model``, ``score_threshold``, ``normalize``, ``template``,
-    ``fusion``, ``first_stage``, ``timeout``, ``scorer`` and the loading options (``device``, ``dtype``, ``use_fp16``, ``max_length``,
-    ``batch_size``, ...) -- are as for
+    ``fusion``, ``first_stage``, ``timeout``, ``scorer`` and the loading options (``device``,
+    ``dtype``, ``use_fp16``, ``max_length``, ``batch_size``, ...) -- are as for
     :class:`~bge_rerank_plugins.langchain.BGERerankCompressor` (whose ``top_n`` is ``k``
     here). ``model`` may be a reranking server's URL, ``scorer`` a remote scorer.
 

@@ -87,6 +87,12 @@ class ServerConfig:
         request_body_timeout_s: the whole request body must arrive within this many seconds
             of the request headers; slower -> 408 and the connection is closed. ``None``: no
             bound.
+        score_timeout_s: the per-request scoring deadline: a request whose scores are not
+            ready this many seconds after it reached the batcher (queue wait included) is
+            answered 503 with ``Retry-After`` and ``"error_type": "deadline_exceeded"``, counted
+            in ``bge_rerank_deadline_fallbacks_total``; if it was still queued, it is never
+            scored. ``None`` (default): no deadline. The client keeps its first-stage order
+            (``RemoteScorer.rank(timeout=...)``, an adapter's ``timeout=``).
 
     Raises:
         TypeError, ValueError: a setting of the wrong type or out of range, naming it.
@@ -130,6 +136,7 @@ class ServerConfig:
     drain_timeout_s: float = 30.0
     request_header_timeout_s: float | None = 10.0
     request_body_timeout_s: float | None = 30.0
+    score_timeout_s: float | None = None
 
     def __post_init__(self) -> None:
         scorer = self.scorer  # every scorer option, checked (and normalised) by ScorerConfig
@@ -166,7 +173,7 @@ class ServerConfig:
             raise TypeError(f"batching must be True or False, got {self.batching!r}")
         if not _is_number(self.drain_timeout_s) or not 0 <= self.drain_timeout_s < math.inf:
             raise ValueError(f"drain_timeout_s must be a number >= 0, got {self.drain_timeout_s!r}")
-        for name in ("request_header_timeout_s", "request_body_timeout_s"):
+        for name in ("request_header_timeout_s", "request_body_timeout_s", "score_timeout_s"):
             value = getattr(self, name)
             if value is not None and (not _is_number(value) or not 0 < value < math.inf):
                 raise ValueError(f"{name} must be a number of seconds > 0 or None, got {value!r}")

@@ -51,6 +51,7 @@ class ErrorKind(str, Enum):
     REQUEST_TIMEOUT = "request_timeout"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNAVAILABLE = "unavailable"
+    DEADLINE_EXCEEDED = "deadline_exceeded"
     NON_FINITE_SCORE = "non_finite_score"
     MODEL_ERROR = "model_error"
     SERVER_ERROR = "server_error"
@@ -68,6 +69,7 @@ STATUS: Mapping[ErrorKind, int] = MappingProxyType(
         ErrorKind.REQUEST_TIMEOUT: 408,
         ErrorKind.PAYLOAD_TOO_LARGE: 413,
         ErrorKind.UNAVAILABLE: 503,
+        ErrorKind.DEADLINE_EXCEEDED: 503,
         ErrorKind.NON_FINITE_SCORE: 500,
         ErrorKind.MODEL_ERROR: 500,
         ErrorKind.SERVER_ERROR: 500,

@@ -12,9 +12,10 @@ Exported series (all prefixed ``bge_rerank_``):
 * ``batch_seconds``: histogram of model time per merged batch.
 * ``queue_depth``: requests waiting for the batcher.
 * ``model_loaded``: 1 once the model is ready.
-* ``deadline_fallbacks_total``: rankings returned in first-stage order because scoring would
-  have run past its ``timeout`` (``Ranked.reranked`` is False, :mod:`bge_rerank_plugins.ranking`);
-  counted by :meth:`ServerMetrics.observe_deadline_fallback`.
+* ``deadline_fallbacks_total``: requests not scored within ``score_timeout_s`` (answered 503
+  ``deadline_exceeded``, so the client keeps its first-stage order: ``Ranked.reranked`` is
+  False on its side, :mod:`bge_rerank_plugins.ranking`); counted by
+  :meth:`ServerMetrics.observe_deadline_fallback`.
 
 >>> m = ServerMetrics()
 >>> m.observe_batch(requests=2, pairs=40, seconds=0.1)
@@ -87,7 +88,8 @@ class ServerMetrics:
         )
         self.deadline_fallbacks = Counter(
             "bge_rerank_deadline_fallbacks",
-            "Rankings returned in first-stage order: scoring would have run past the timeout.",
+            "Requests not scored within score_timeout_s (answered 503 deadline_exceeded; the "
+            "client keeps its first-stage order).",
             registry=r,
         )
 

@@ -26,12 +26,14 @@ from .truncation import Truncation, apply_truncation
 if TYPE_CHECKING:
     from ..scorer import CrossEncoderScorer
 
-__all__ = ["LOADING_RETRY_AFTER_S", "ScorerService", "get_service"]
+__all__ = ["DEADLINE_RETRY_AFTER_S", "LOADING_RETRY_AFTER_S", "ScorerService", "get_service"]
 
 logger = logging.getLogger(__name__)
 
 #: ``Retry-After`` (seconds) of a 503 while the model loads or the server shuts down.
 LOADING_RETRY_AFTER_S = 2
+#: ``Retry-After`` (seconds) of a 503 for a request that passed ``score_timeout_s``.
+DEADLINE_RETRY_AFTER_S = 1
 
 
 class ScorerService:
@@ -197,7 +199,9 @@ class ScorerService:
         """Raw scores of (query, text) pairs with any queries, as :meth:`raw_scores`."""
         batcher = self.ready_batcher()
         try:
-            scores = await batcher.score(pairs)
+            scores = await self._scored_in_time(batcher, pairs, field)
+        except ApiError:  # the deadline's 503, as it is
+            raise
         except BatcherClosedError:
             raise ApiError(
                 ErrorKind.UNAVAILABLE,
@@ -228,6 +232,38 @@ class ScorerService:
             logger.error("%s", message)
             raise ApiError(ErrorKind.NON_FINITE_SCORE, message)
         return scores
+
+    async def _scored_in_time(
+        self, batcher: DynamicBatcher, pairs: list[tuple[str, str]], field: str
+    ) -> list[float]:
+        """The batcher's scores, or a 503 ``deadline_exceeded`` once ``score_timeout_s`` passes.
+
+        Why a 503 and not the input order: TEI's and Cohere's responses have no way to say
+        "not reranked", so made-up scores would pass a client's score threshold unnoticed; an
+        error every client's parser knows (with ``Retry-After``, which retrying clients and load
+        balancers honour) lets the client keep its own first-stage order. Cancelling the wait
+        cancels the batcher's job, so a request still queued is never scored.
+        """
+        timeout = self.config.score_timeout_s
+        if timeout is None:
+            return await batcher.score(pairs)
+        try:
+            return await asyncio.wait_for(batcher.score(pairs), timeout)
+        except asyncio.TimeoutError:  # the builtin TimeoutError only from Python 3.11
+            self.metrics.observe_deadline_fallback()
+            logger.warning(
+                "Scoring %d pairs (%s) did not finish within score_timeout_s=%g s; answered 503.",
+                len(pairs),
+                field,
+                timeout,
+            )
+            raise ApiError(
+                ErrorKind.DEADLINE_EXCEEDED,
+                f"Scoring did not finish within the server's score_timeout_s={timeout:g} s "
+                "(the server is busy, or the request is large); retry after Retry-After "
+                "seconds, or keep the first-stage order.",
+                retry_after=DEADLINE_RETRY_AFTER_S,
+            ) from None
 
 
 def get_service(request: Request) -> ScorerService:
