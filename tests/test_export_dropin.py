@@ -74,7 +74,7 @@ def test_output_is_a_plain_model_directory(finetuned: Path) -> None:
     config = json.loads((finetuned / "config.json").read_text())
     assert config["num_labels"] == 1 if "num_labels" in config else len(config["id2label"]) == 1
     summary = json.loads((finetuned / "training_summary.json").read_text())
-    assert summary["global_step"] == 2
+    assert summary["global_step"] == 4  # 1 group per step (see the fixture)
     # the parent holds only the model and its checkpoints, no temporary leftovers
     assert not [p for p in finetuned.parent.iterdir() if p.name.startswith(".")]
 

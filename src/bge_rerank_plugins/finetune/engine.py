@@ -143,7 +143,8 @@ class CrossEncoderFinetuneEngine:
             else split_by_query(self.dataset, config.holdout, seed=config.seed)
         )
         yardstick = self.val_dataset if self.val_dataset is not None else held_raw
-        self.held_out = held_out_queries(yardstick) if yardstick else []
+        name = "val_dataset" if self.val_dataset is not None else "dataset"
+        self.held_out = held_out_queries(yardstick, name=name) if yardstick else []
         if held_raw:
             logger.info(
                 "Held out %d of the training queries (holdout=%r): the yardstick for the "

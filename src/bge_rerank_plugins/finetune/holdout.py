@@ -101,7 +101,9 @@ class HeldOutQuery:
         return all(i in self.relevant for i in range(len(self.relevant)))
 
 
-def held_out_queries(records: Sequence[Any]) -> list[HeldOutQuery]:
+def held_out_queries(
+    records: Sequence[Any], *, name: str = "held-out records"
+) -> list[HeldOutQuery]:
     """The held-out records as :class:`HeldOutQuery` items (queries with a relevant passage and
     another one only; a ranking metric means nothing for the rest).
 
@@ -116,7 +118,7 @@ def held_out_queries(records: Sequence[Any]) -> list[HeldOutQuery]:
         if text is not None:
             order.setdefault(query_of(record), []).append(text)
     items = []
-    for group in load_training_data(list(records), name="held-out records"):
+    for group in load_training_data(list(records), name=name):
         relevant = set(group.positives)
         given = order.get(group.query) or [*group.positives, *group.negatives]
         docs = tuple(dict.fromkeys(d for d in given if d in relevant or d in group.negatives))

@@ -101,7 +101,8 @@ def samples_from_beir(
     For each relevant document of a query: the document (score 1.0), and
     ``negatives_per_positive`` documents drawn (seeded) from the query's first-stage top
     ``pool`` candidates that are not relevant (score 0.0), positives listed first: the data a
-    LlamaIndex user hands to ``CrossEncoderFinetuneEngine``. Needs the split's candidates file.
+    LlamaIndex user hands to ``CrossEncoderFinetuneEngine``. The first stage is the split's
+    candidates file, or BM25 over the corpus when there is none.
 
     Example:
         >>> samples = samples_from_beir("../shared/data/scifact", "train")  # doctest: +SKIP
@@ -114,20 +115,24 @@ def samples_from_beir(
     from ..fields import as_template
 
     data = dataset if isinstance(dataset, BeirDataset) else load_beir(dataset, split)
-    if not data.candidates:
-        raise ValueError(
-            f"samples_from_beir needs first-stage candidates (candidates/{split}.jsonl) to draw "
-            "negatives from; use groups_from_beir(..., negatives=...) to mine them with BM25."
-        )
     tpl = as_template(template)
+    bm25 = None
+    if not data.candidates:  # no candidates file: BM25 over the corpus is the first stage
+        from ..bm25 import Bm25Index
+
+        bm25 = Bm25Index.from_corpus(data.corpus, tpl)
     rng = random.Random(seed)
     samples: list[dict[str, Any]] = []
     for qid in query_ids if query_ids is not None else data.query_ids:
         relevant = set(data.relevant(qid, relevance_threshold))
-        candidates = data.candidates.get(qid)
-        if not relevant or candidates is None:
+        if bm25 is not None:
+            ranked = [d for d, _ in bm25.search(data.queries[qid].text, k=pool)]
+        else:
+            candidates = data.candidates.get(qid)
+            ranked = list(candidates.ids) if candidates is not None else []
+        if not relevant or not ranked:
             continue
-        others = [d for d in candidates.ids[:pool] if d not in relevant and d in data.corpus]
+        others = [d for d in ranked[:pool] if d not in relevant and d in data.corpus]
         positives = sorted(d for d in relevant if d in data.corpus)
         drawn = rng.sample(others, min(len(others), negatives_per_positive * len(positives)))
         query = data.queries[qid].text

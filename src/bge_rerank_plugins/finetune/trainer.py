@@ -72,7 +72,7 @@ def diverged_error(detail: str, config: Any, model_output_path: str) -> Exceptio
         f"Training stopped: {detail} (not finite). Nothing was written to "
         f"model_output_path={model_output_path!r} (a model already there is kept); "
         f"{kept}. Usual causes: a learning rate too high (learning_rate="
-        f"{config.learning_rate:g}, head_learning_rate={config.head_learning_rate}), fp16 "
+        f"{config.learning_rate}, head_learning_rate={config.head_learning_rate}), fp16 "
         "overflow (try precision='bf16' or 'fp32'), or a custom loss that returns NaN."
     )
 
