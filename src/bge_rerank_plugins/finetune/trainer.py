@@ -195,7 +195,9 @@ class RerankerTrainer(CrossEncoderTrainer):
 
         def factor(step: int) -> float:
             progress = step / max(1, num_training_steps)
-            if budget_s is not None:
+            # the wall clock differs between processes: under torchrun every rank must use the
+            # same rate, so there the schedule follows the steps only
+            if budget_s is not None and not _distributed():
                 progress = max(progress, self.budget.elapsed() / budget_s)
                 warm = min(1.0, progress / ratio) if ratio else 1.0
             else:
@@ -260,6 +262,12 @@ def train(
     started = time.time()
     trainer.train(resume_from_checkpoint=resume)
     return trainer, time.time() - started, resumed_step
+
+
+def _distributed() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
 class _StepHook(TrainerCallback):
