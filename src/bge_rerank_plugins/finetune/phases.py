@@ -36,10 +36,6 @@ logger = logging.getLogger(__name__)
 TRAIN_RATES = {"untrained": (2e-4, 2e-3), "trained": (2e-5, 2e-5)}
 #: the most passes of the warm-start phase
 WARM_START_MAX_EPOCHS = 4
-#: a pair's training cost grows as (tokens) ** this: measured 0.115 s per pair at 128 tokens and
-#: 0.31 s at 256 (MiniLM-L6, float32, 2 CPU cores), 2.7x for twice the tokens (attention is
-#: quadratic); the warm start sizes the requested epochs' time with it
-LENGTH_COST_EXPONENT = 1.4
 #: the warm start's weight of the teacher term: 1.0 trains on the teacher's scores alone, so the
 #: labels are read only by the requested epochs (measured on a split of SciFact train: 1.0 at
 #: the training length beat 0.5 at 128 tokens, +0.034 against +0.017 nDCG@10 over BM25)
@@ -48,14 +44,6 @@ WARM_START_DISTILL_WEIGHT = 1.0
 WARM_START_MIN_SECONDS = 60.0
 #: steps the warm-start phase times before it sizes its share of the budget
 PROBE_STEPS = 5
-#: tokens per pair of the warm start and its teacher (None: the training length); the
-#: bi-encoder it imitates read short passages, and a shorter pair buys more steps
-WARM_START_MAX_LENGTH: int | None = None
-
-
-def warm_start_length(max_length: int) -> int:
-    """Tokens per pair of the warm-start phase and its teacher scores."""
-    return min(max_length, WARM_START_MAX_LENGTH or max_length)
 
 
 @dataclass
@@ -94,14 +82,10 @@ class WarmStartBudget:
     estimated time (``main_pairs`` x the measured seconds per pair).
     """
 
-    def __init__(
-        self, available_s: float, main_pairs: int, pairs_per_step: int, cost_ratio: float = 1.0
-    ) -> None:
+    def __init__(self, available_s: float, main_pairs: int, pairs_per_step: int) -> None:
         self.available_s = available_s
         self.main_pairs = main_pairs
         self.pairs_per_step = pairs_per_step
-        # a labelled pair costs this many warm-start pairs (their lengths' ratio)
-        self.cost_ratio = cost_ratio
         self.seconds_per_pair: float | None = None
         self.trainer: Any = None
 
@@ -113,7 +97,7 @@ class WarmStartBudget:
             return
         budget = self.trainer.budget
         elapsed = budget.elapsed()
-        self.seconds_per_pair = elapsed / (step * self.pairs_per_step) * self.cost_ratio
+        self.seconds_per_pair = elapsed / (step * self.pairs_per_step)
         share = self.available_s - self.main_pairs * self.seconds_per_pair
         budget.budget_s = max(elapsed, share)
         logger.info(
@@ -131,6 +115,7 @@ def run(engine: Any, config: Any) -> Outcome:
     from .grouping import build_train_dataset
     from .recipe import is_grouped
     from .trainer import make_loss, train
+    from .warm_start import MARGIN
 
     started = time.monotonic()
     budget_s = config.max_minutes * 60 if config.max_minutes else None
@@ -155,7 +140,7 @@ def run(engine: Any, config: Any) -> Outcome:
         base_scores, seconds_per_pair = ho.model_scores(engine.model, items)
         report.base = ho.pool_ndcg(items, base_scores)
         logger.info("Before training: %s.", report.line())
-    head_trained = None if report is None else report.base > report.random + 0.05
+    head_trained = None if report is None else report.base > report.random + MARGIN
     lr, head_lr, why = learning_rates(config, head_trained)
     logger.info("Learning rates: encoder %g, head %s (%s).", lr, head_lr, why)
     decisions.update(learning_rate=lr, head_learning_rate=head_lr)
@@ -225,7 +210,8 @@ def run(engine: Any, config: Any) -> Outcome:
 
 def _decide_warm_start(engine: Any, config: Any, records: list[Any], report: Any) -> Any:
     from . import holdout as ho
-    from .warm_start import WarmStart, decide, similarity_rows
+    from .data import TrainingGroup
+    from .warm_start import MARGIN, WarmStart, decide
 
     if config.warm_start is False:
         return WarmStart(False, "warm_start=False")
@@ -233,14 +219,14 @@ def _decide_warm_start(engine: Any, config: Any, records: list[Any], report: Any
         return WarmStart(False, "the training data carries teacher scores of its own")
     if report is None:
         return decide(config.warm_start, base=None, teacher=None, random=None)
-    if config.warm_start == "auto" and report.base > report.random + 0.05:
+    if config.warm_start == "auto" and report.base > report.random + MARGIN:
+        # a trained head: no need to encode anything to decide
         return decide("auto", base=report.base, teacher=None, random=report.random)
+    # each held-out query's passages, in their order, scored by the teacher
     items = engine.held_out
-    queries, passages = own_similarity(
-        engine, [i.query for i in items], [d for i in items for d in i.docs]
-    )
-    rows = similarity_rows(items, queries, passages)
-    report.teacher = ho.pool_ndcg(engine.held_out, rows)
+    groups = [TrainingGroup(i.query, i.docs[:1], i.docs[1:]) for i in items]
+    scored = with_own_teacher(engine, groups)
+    report.teacher = ho.pool_ndcg(items, [[*g.positive_scores, *g.negative_scores] for g in scored])
     choice = decide(
         config.warm_start, base=report.base, teacher=report.teacher, random=report.random
     )
@@ -263,13 +249,7 @@ def _warm_start_phase(
         logger.info("Warm start: no time left in the budget for a warm-start phase.")
         decisions["warm_start_steps"] = 0
         return
-    length = warm_start_length(engine.max_length)
-    sizing = WarmStartBudget(
-        available_s or 0.0,
-        main_pairs,
-        config.batch_size * group_size,
-        cost_ratio=(engine.max_length / length) ** LENGTH_COST_EXPONENT,
-    )
+    sizing = WarmStartBudget(available_s or 0.0, main_pairs, config.batch_size * group_size)
     phase = replace(
         config,
         # without a budget, one pass; with one, what the labelled epochs leave (at most 4)
@@ -282,54 +262,31 @@ def _warm_start_phase(
     )
     logger.info(
         "Warm start: training on the base encoder's similarity alone (no labels), up to %d "
-        "pass(es) at %d tokens, in the part of the budget the labelled epochs will not need.",
+        "pass(es), in the part of the budget the labelled epochs will not need.",
         phase.epochs,
-        length,
     )
-    engine.model.max_seq_length = length
-    try:
-        trainer, seconds, _ = train(
-            engine.model,
-            phase,
-            device=config.device,
-            train_dataset=dataset,
-            loss=make_loss("distill", engine.model, WARM_START_DISTILL_WEIGHT),
-            evaluator=None,
-            step_hooks=[sizing] if available_s else [],
-        )
-    finally:
-        engine.model.max_seq_length = engine.max_length
+    trainer, seconds, _ = train(
+        engine.model,
+        phase,
+        device=config.device,
+        train_dataset=dataset,
+        loss=make_loss("distill", engine.model, WARM_START_DISTILL_WEIGHT),
+        evaluator=None,
+        step_hooks=[sizing] if available_s else [],
+    )
     engine.model = trainer.model
     decisions["warm_start_steps"] = trainer.state.global_step
     decisions["warm_start_minutes"] = round(seconds / 60, 2)
     logger.info("Warm start: %d steps in %.1f min.", trainer.state.global_step, seconds / 60)
 
 
-def own_similarity(engine: Any, queries: Sequence[str], passages: Sequence[str]) -> tuple[Any, Any]:
-    """Unit vectors of ``queries`` and ``passages`` from the base model's own encoder."""
-    from .recipe import cpu_bf16_autocast
-    from .warm_start import encoder_similarity
-
-    bf16 = engine.device == "cpu" and cpu_bf16_autocast(engine.precision)
-    queries_v, passages_v, seconds = encoder_similarity(
-        engine.model, queries, passages, max_length=warm_start_length(engine.max_length), bf16=bf16
-    )
-    logger.info(
-        "Encoded %d queries and %d passages with the base encoder in %.1f s.",
-        len(queries_v),
-        len(passages_v),
-        seconds,
-    )
-    return queries_v, passages_v
-
-
 def with_own_teacher(engine: Any, records: Sequence[Any]) -> list[Any]:
     """``records`` with the base encoder's similarity as teacher scores (the warm start)."""
-    from .warm_start import with_teacher_scores
+    from .warm_start import own_teacher_scores
 
-    queries = [r.query for r in records]
-    passages = [t for r in records for t in (*r.positives, *r.negatives)]
-    return with_teacher_scores(records, *own_similarity(engine, queries, passages))
+    return own_teacher_scores(
+        records, engine.model, max_length=engine.max_length, precision=engine.precision
+    )
 
 
 def steps_batch_size(engine: Any, loss: Any) -> int:

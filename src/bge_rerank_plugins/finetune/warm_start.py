@@ -16,17 +16,14 @@ True
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from .data import TrainingGroup
 
-__all__ = ["MARGIN", "SCALE", "WarmStart", "decide", "encoder_similarity", "with_teacher_scores"]
+__all__ = ["MARGIN", "SCALE", "OwnEncoder", "WarmStart", "decide", "own_teacher_scores"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,95 +78,60 @@ def decide(
     )
 
 
-def encoder_similarity(
-    model: Any,
-    queries: Sequence[str],
-    passages: Sequence[str],
-    *,
-    max_length: int,
-    bf16: bool = False,
-    batch_size: int = 32,
-) -> tuple[dict[str, Any], dict[str, Any], float]:
-    """Unit vectors of ``queries`` and ``passages`` from the encoder of a ``CrossEncoder``.
+class OwnEncoder:
+    """The body of a sentence-transformers ``CrossEncoder`` read as a bi-encoder.
 
-    The encoder is the sequence classifier's body (``base_model``): the mean of its last hidden
-    states over the real tokens, normalised. Returns the query vectors, the passage vectors (by
-    text) and the seconds it took.
+    It has sentence-transformers' ``encode`` API, so
+    :func:`~bge_rerank_plugins.finetune.teachers.biencoder_teacher_scores` turns it into teacher
+    scores: the mean of the body's (``base_model``) last hidden states over the real tokens.
     """
-    import torch
 
-    hf_model = model.model
-    encoder = getattr(hf_model, "base_model", hf_model)
-    tokenizer = model.tokenizer
-    device = next(hf_model.parameters()).device
-    started = time.perf_counter()
-    was_training = encoder.training
-    encoder.eval()
+    def __init__(self, model: Any, max_length: int) -> None:
+        self.model = model
+        self.max_length = max_length
+        self.device = next(model.model.parameters()).device
 
-    def embed(texts: Sequence[str]) -> dict[str, Any]:
-        unique = list(dict.fromkeys(texts))
-        # sorted by length: batches of similar lengths pad little
-        unique.sort(key=len)
-        out: dict[str, Any] = {}
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
-        for start in range(0, len(unique), batch_size):
-            chunk = unique[start : start + batch_size]
-            batch = tokenizer(
-                chunk, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-            ).to(device)
-            with torch.no_grad(), autocast:
-                hidden = encoder(**batch).last_hidden_state.float()
-            mask = batch["attention_mask"].unsqueeze(-1).float()
-            mean = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            vectors = torch.nn.functional.normalize(mean, dim=-1).cpu().numpy()
-            out.update(zip(chunk, vectors))
+    def encode(
+        self, texts: Sequence[str], *, batch_size: int = 32, **_: Any
+    ) -> Any:  # ``normalize_embeddings``/``show_progress_bar``: the caller normalises, no bar
+        import numpy as np
+        import torch
+
+        hf_model = self.model.model
+        encoder = getattr(hf_model, "base_model", hf_model)
+        # by length: batches of similar lengths pad little
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out = np.zeros((len(texts), hf_model.config.hidden_size), dtype=np.float32)
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            for start in range(0, len(order), batch_size):
+                rows = order[start : start + batch_size]
+                batch = self.model.tokenizer(
+                    [texts[i] for i in rows],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
+                with torch.no_grad():
+                    hidden = encoder(**batch).last_hidden_state.float()
+                mask = batch["attention_mask"].unsqueeze(-1).float()
+                out[rows] = ((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)).cpu().numpy()
+        finally:
+            encoder.train(was_training)
         return out
 
-    try:
-        query_vectors = embed(queries)
-        passage_vectors = embed(passages)
-    finally:
-        encoder.train(was_training)
-    return query_vectors, passage_vectors, time.perf_counter() - started
 
-
-def with_teacher_scores(
-    groups: Sequence[TrainingGroup],
-    query_vectors: dict[str, Any],
-    passage_vectors: dict[str, Any],
-    *,
-    scale: float = SCALE,
+def own_teacher_scores(
+    groups: Sequence[TrainingGroup], model: Any, *, max_length: int, precision: str
 ) -> list[TrainingGroup]:
-    """``groups`` carrying ``scale`` x cosine as teacher scores (a non-finite one is an error)."""
-    out = []
-    for index, group in enumerate(groups):
-        q = query_vectors[group.query]
+    """``groups`` carrying ``SCALE`` x the cosine of ``model``'s own encoder as teacher scores
+    (a NaN or infinite embedding is an error naming the group)."""
+    from .teachers import biencoder_teacher_scores
 
-        def scores(texts: Sequence[str], q: Any = q, index: int = index) -> tuple[float, ...]:
-            values = tuple(round(float(scale * (passage_vectors[t] @ q)), 6) for t in texts)
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(
-                    f"training group {index}: the base encoder gave a NaN or infinite embedding; "
-                    "use warm_start=False or precision='fp32'."
-                )
-            return values
-
-        out.append(
-            TrainingGroup(
-                group.query,
-                group.positives,
-                group.negatives,
-                positive_scores=scores(group.positives),
-                negative_scores=scores(group.negatives),
-            )
-        )
-    return out
-
-
-def similarity_rows(
-    items: Sequence[Any], query_vectors: dict[str, Any], passage_vectors: dict[str, Any]
-) -> list[list[float]]:
-    """Cosine of each held-out item's passages (to rank them with :func:`~.holdout.pool_ndcg`)."""
-    return [
-        [float(passage_vectors[d] @ query_vectors[item.query]) for d in item.docs] for item in items
-    ]
+    # training's "fp16" never runs on a CPU; the teacher then encodes in float32 as well
+    chosen = precision if precision in ("auto", "fp32", "bf16") else "fp32"
+    return biencoder_teacher_scores(
+        groups, OwnEncoder(model, max_length), scale=SCALE, precision=chosen
+    )
