@@ -141,20 +141,41 @@ def send(
     attempt = 0
     while True:
         try:
-            response = client.request(method, url, json=json)
-        except httpx.HTTPError as error:
-            if not _retryable(error) or attempt >= max_retries:
-                raise _transport_failure(error, url, timeout) from error
-            delay = retry_delay(None, attempt)
-        else:
-            if response.is_success:
-                return response
-            if response.status_code not in RETRY_STATUSES or attempt >= max_retries:
-                raise _failure(response, url, attempt + 1)
-            delay = retry_delay(response.headers.get("Retry-After"), attempt)
-        logger.info("Retrying %s in %.2f s (attempt %d)", url, delay, attempt + 1)
+            response, error = client.request(method, url, json=json), None
+        except httpx.HTTPError as caught:
+            response, error = None, caught
+        delay = _wait_before_retry(response, error, url, attempt, max_retries, timeout)
+        if delay is None:
+            return response  # type: ignore[return-value]
         time.sleep(delay)
         attempt += 1
+
+
+def _wait_before_retry(
+    response: httpx.Response | None,
+    error: httpx.HTTPError | None,
+    url: str,
+    attempt: int,
+    max_retries: int,
+    timeout: float,
+) -> float | None:
+    """None when ``response`` is the answer; else the seconds to wait before the next attempt.
+
+    Raises the request's error when it cannot be retried or the retries are spent (shared by
+    :func:`send` and :func:`asend`, which differ only in how they wait)."""
+    if error is not None:
+        if not _retryable(error) or attempt >= max_retries:
+            raise _transport_failure(error, url, timeout) from error
+        delay = retry_delay(None, attempt)
+    else:
+        assert response is not None
+        if response.is_success:
+            return None
+        if response.status_code not in RETRY_STATUSES or attempt >= max_retries:
+            raise _failure(response, url, attempt + 1)
+        delay = retry_delay(response.headers.get("Retry-After"), attempt)
+    logger.info("Retrying %s in %.2f s (attempt %d)", url, delay, attempt + 1)
+    return delay
 
 
 async def asend(
@@ -170,17 +191,11 @@ async def asend(
     attempt = 0
     while True:
         try:
-            response = await client.request(method, url, json=json)
-        except httpx.HTTPError as error:
-            if not _retryable(error) or attempt >= max_retries:
-                raise _transport_failure(error, url, timeout) from error
-            delay = retry_delay(None, attempt)
-        else:
-            if response.is_success:
-                return response
-            if response.status_code not in RETRY_STATUSES or attempt >= max_retries:
-                raise _failure(response, url, attempt + 1)
-            delay = retry_delay(response.headers.get("Retry-After"), attempt)
-        logger.info("Retrying %s in %.2f s (attempt %d)", url, delay, attempt + 1)
+            response, error = await client.request(method, url, json=json), None
+        except httpx.HTTPError as caught:
+            response, error = None, caught
+        delay = _wait_before_retry(response, error, url, attempt, max_retries, timeout)
+        if delay is None:
+            return response  # type: ignore[return-value]
         await asyncio.sleep(delay)
         attempt += 1
