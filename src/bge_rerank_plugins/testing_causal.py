@@ -21,28 +21,16 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
+from .runtime.causal_prompts import QWEN3_RERANKER_TEMPLATE
 from .testing import TINY_CORPUS
 
 __all__ = ["QWEN3_RERANKER_TEMPLATE", "CausalKind", "build_tiny_causal_lm", "train_bpe_tokenizer"]
 
 CausalKind = Literal["gemma", "qwen3"]
 
-#: A chat template in the shape of the Qwen3-Reranker one for sentence-transformers v6: a
-#: ``system`` message (the prompt) is the instruction, the ``query`` and ``document`` roles
-#: carry the pair.
-QWEN3_RERANKER_TEMPLATE = (
-    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query "
-    'and the Instruct provided. Note that the answer can only be "yes" or "no".<|im_end|>\n'
-    "<|im_start|>user\n<Instruct>: "
-    '{{ messages | selectattr("role", "eq", "system") | map(attribute="content") | first '
-    '| default("Given a web search query, retrieve relevant passages that answer the query") }}'
-    "\n<Query>: "
-    '{{ messages | selectattr("role", "eq", "query") | map(attribute="content") | first }}'
-    "\n<Document>: "
-    '{{ messages | selectattr("role", "eq", "document") | map(attribute="content") | first }}'
-    "<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
-)
-
+# The tiny Qwen3-shaped tokenizer carries the library's built-in Qwen3-Reranker chat template
+# (``runtime.causal_prompts.QWEN3_RERANKER_TEMPLATE``): a ``system`` message (the prompt) is the
+# instruction, the ``query`` and ``document`` roles carry the pair.
 _PROMPT_TEXTS = (
     "Given a query A and a passage B, determine whether the passage contains an answer to the "
     "query by providing a prediction of either 'Yes' or 'No'.",
