@@ -13,6 +13,7 @@ import os
 from .errors import CliError
 from .options import (
     SCORER_CONFIG_EXCLUDED,
+    add_candidate_arguments,
     add_debug_flag,
     add_scorer_arguments,
     ks_arg,
@@ -41,16 +42,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="[LABEL=]MODEL",
         help="Hub id or directory; repeat to compare models; LABEL= names the column",
     )
-    parser.add_argument(
-        "--top-k", type=positive_int, default=30, help="candidates reranked per query"
-    )
-    parser.add_argument("--max-queries", type=positive_int, default=None)
-    parser.add_argument(
-        "--candidates",
-        choices=["auto", "given", "bm25"],
-        default="auto",
-        help="given candidates file, BM25 over the corpus, or auto (given when present)",
-    )
+    add_candidate_arguments(parser)
     parser.add_argument(
         "--ks", type=ks_arg, default=(1, 3, 5, 10), help="metric cut-offs, comma-separated"
     )

@@ -18,6 +18,7 @@ from .errors import CliError
 from .evaluate import check_out_dir
 from .options import (
     SCORER_CONFIG_EXCLUDED,
+    add_candidate_arguments,
     add_debug_flag,
     add_scorer_arguments,
     positive_int,
@@ -39,14 +40,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--data", required=True, help="BEIR-style folder (corpus, queries, qrels)")
     parser.add_argument("--split", default="dev", help="qrels split (default: dev)")
-    parser.add_argument("--top-k", type=positive_int, default=30, help="candidates per query")
-    parser.add_argument("--max-queries", type=positive_int, default=None)
-    parser.add_argument(
-        "--candidates",
-        choices=["auto", "given", "bm25"],
-        default="auto",
-        help="given candidates file, BM25 over the corpus, or auto (given when present)",
-    )
+    add_candidate_arguments(parser)
     parser.add_argument(
         "--method",
         choices=["auto", "blend", "rrf"],

@@ -252,6 +252,21 @@ def add_scorer_arguments(
     return tuple(added)
 
 
+def add_candidate_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--top-k``, ``--max-queries`` and ``--candidates``: which first-stage candidates of a BEIR
+    folder are reranked (``evaluate`` and ``fit`` read them the same way)."""
+    parser.add_argument(
+        "--top-k", type=positive_int, default=30, help="candidates reranked per query"
+    )
+    parser.add_argument("--max-queries", type=positive_int, default=None)
+    parser.add_argument(
+        "--candidates",
+        choices=["auto", "given", "bm25"],
+        default="auto",
+        help="given candidates file, BM25 over the corpus, or auto (given when present)",
+    )
+
+
 def add_backend_argument(parser: argparse.ArgumentParser, default: str = "torch") -> None:
     """Add ``--backend`` alone, spelled and documented as in :func:`add_scorer_arguments`."""
     option, keywords = scorer_argument_table()["backend"]
