@@ -196,3 +196,39 @@ def test_an_encoder_without_a_head_needs_from_encoder(tiny_bert: Path, tmp_path:
     CrossEncoderFinetuneEngine(
         samples(4), model_id=str(tiny_bert), model_output_path=str(tmp_path / "c")
     )
+
+
+def test_blended_teacher_is_cosine_and_bm25_min_max_blended(tiny_bert: Path) -> None:
+    """weight 1 is the encoder's cosine alone, weight 0 BM25 alone, both scaled to [0, 8] within
+    each group; the default weight lies between them."""
+    from sentence_transformers import CrossEncoder
+
+    from bge_rerank_plugins.finetune.data import TrainingGroup
+    from bge_rerank_plugins.finetune.warm_start import (
+        BLEND_SCALE,
+        blended_teacher_scores,
+        own_teacher_scores,
+    )
+
+    model = CrossEncoder(str(tiny_bert), num_labels=1, device="cpu")
+    groups = [
+        TrainingGroup("panda bamboo", ["the panda eats bamboo"], ["a tax form", "river stones"]),
+        TrainingGroup("comet tail", ["comet tail of ice"], ["violin strings", "pepper soup"]),
+    ]
+    corpus = ["falcon flight", "glacier ice", *[t for g in groups for t in g.negatives]]
+    kw = {"corpus": corpus, "max_length": 32, "precision": "fp32"}
+    lexical = blended_teacher_scores(groups, model, weight=0.0, **kw)
+    semantic = blended_teacher_scores(groups, model, weight=1.0, **kw)
+    blended = blended_teacher_scores(groups, model, **kw)
+    cosine = own_teacher_scores(groups, model, max_length=32, precision="fp32")
+    for lex, sem, mix, cos in zip(lexical, semantic, blended, cosine):
+        # BM25: the positive shares the query's words, the negatives none
+        assert lex.positive_scores == (BLEND_SCALE,)
+        assert lex.negative_scores == (0.0, 0.0)
+        raw = [*cos.positive_scores, *cos.negative_scores]
+        low, high = min(raw), max(raw)
+        expected = [BLEND_SCALE * (v - low) / (high - low) for v in raw]
+        assert [*sem.positive_scores, *sem.negative_scores] == pytest.approx(expected, abs=1e-5)
+        both = [*mix.positive_scores, *mix.negative_scores]
+        halves = [(a + b) / 2 for a, b in zip(expected, [BLEND_SCALE, 0.0, 0.0])]
+        assert both == pytest.approx(halves, abs=1e-5)

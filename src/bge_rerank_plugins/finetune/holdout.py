@@ -164,15 +164,23 @@ def given_order_scores(items: Sequence[HeldOutQuery]) -> list[list[float]]:
 
 def bm25_scores(items: Sequence[HeldOutQuery], corpus: Sequence[str]) -> list[list[float]]:
     """BM25 scores of each item's passages, the index built over ``corpus`` (all passages)."""
+    return bm25_list_scores([i.query for i in items], [i.docs for i in items], corpus)
+
+
+def bm25_list_scores(
+    queries: Sequence[str], passages: Sequence[Sequence[str]], corpus: Sequence[str]
+) -> list[list[float]]:
+    """BM25 score of each ``passages[i]`` for ``queries[i]``, the index built over ``corpus``
+    and those passages (each distinct text indexed once)."""
     from ..bm25 import Bm25Index
 
-    texts = list(dict.fromkeys([*corpus, *(d for item in items for d in item.docs)]))
+    texts = list(dict.fromkeys([*corpus, *(d for docs in passages for d in docs)]))
     index = Bm25Index([str(i) for i in range(len(texts))], texts)
     position = {t: i for i, t in enumerate(texts)}
     out = []
-    for item in items:
-        every = index.scores(item.query)
-        out.append([float(every[position[d]]) for d in item.docs])
+    for query, docs in zip(queries, passages):
+        every = index.scores(query)
+        out.append([float(every[position[d]]) for d in docs])
     return out
 
 

@@ -6,13 +6,13 @@
    model ranks the held-out queries at chance (an untrained head); 2e-5 for both when it
    already ranks them (a trained reranker, which higher rates would wreck).
 3. Warm start (:mod:`.warm_start`): when the head is untrained and the base encoder's own
-   similarity ranks clearly better, every training passage gets that similarity as a teacher
-   score (``loss="auto"`` becomes ``"distill"``: the labels' softmax plus the KL term to the
-   teacher). The requested epochs assume a head that can already rank (LlamaIndex's default
-   base is a trained reranker); a fresh head first gets a warm-start phase on the teacher's
-   scores alone (no labels: the labels are read by the requested epochs only), for the part of
-   the time budget the requested epochs will not need (measured on its first steps), at most
-   4 passes. Then the requested epochs run.
+   similarity blended with BM25 ranks clearly better, every training passage gets that blend as
+   a teacher score (``loss="auto"`` becomes ``"distill"``: the labels' softmax plus the KL term
+   to the teacher). The requested epochs assume a head that can already rank (LlamaIndex's
+   default base is a trained reranker); a fresh head first gets a warm-start phase on the
+   teacher's scores alone (no labels: the labels are read by the requested epochs only), for the
+   part of the time budget the requested epochs will not need (measured on its first steps), at
+   most 4 passes. Then the requested epochs run.
 4. Batch size: LlamaIndex counts samples per batch; grouped training takes
    ``batch_size / (1 + num_negatives)`` groups per step, so a step costs what the user asked.
 5. The labelled epochs, the best checkpoint on the held-out queries, and the figures after.
@@ -261,7 +261,8 @@ def _warm_start_phase(
         max_steps=None,
     )
     logger.info(
-        "Warm start: training on the base encoder's similarity alone (no labels), up to %d "
+        "Warm start: training on the teacher (the base encoder's similarity blended with BM25) "
+        "alone (no labels), up to %d "
         "pass(es), in the part of the budget the labelled epochs will not need.",
         phase.epochs,
     )
@@ -281,11 +282,16 @@ def _warm_start_phase(
 
 
 def with_own_teacher(engine: Any, records: Sequence[Any]) -> list[Any]:
-    """``records`` with the base encoder's similarity as teacher scores (the warm start)."""
-    from .warm_start import own_teacher_scores
+    """``records`` with the warm start's teacher scores: the base encoder's similarity blended
+    with BM25 over the training passages."""
+    from .warm_start import blended_teacher_scores
 
-    return own_teacher_scores(
-        records, engine.model, max_length=engine.max_length, precision=engine.precision
+    return blended_teacher_scores(
+        records,
+        engine.model,
+        corpus=engine.training_passages(),
+        max_length=engine.max_length,
+        precision=engine.precision,
     )
 
 
