@@ -7,8 +7,10 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import json
+import logging
 import math
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -217,8 +219,9 @@ def _tei(request: httpx.Request) -> httpx.Response:
 class Flaky:
     """Answers ``failures`` (status, Retry-After) first, then as TEI; records what it saw."""
 
-    def __init__(self, failures: list[tuple[int, str | None]]) -> None:
+    def __init__(self, failures: list[tuple[int, str | None]], body: dict | None = None) -> None:
         self.failures = list(failures)
+        self.body = body or {"error": "busy"}
         self.requests: list[httpx.Request] = []
 
     def __call__(self, request: httpx.Request) -> httpx.Response:
@@ -226,18 +229,30 @@ class Flaky:
         if self.failures:
             status, retry_after = self.failures.pop(0)
             headers = {"Retry-After": retry_after} if retry_after is not None else {}
-            return httpx.Response(status, json={"error": "busy"}, headers=headers)
+            return httpx.Response(status, json=self.body, headers=headers)
         return _tei(request)
 
 
 @pytest.fixture
 def waits(monkeypatch) -> list[float]:
+    """The retry waits of this test's thread (skipped, recorded). The patch is global, so other
+    threads -- the module's uvicorn server ticks with ``asyncio.sleep(0.1)`` -- really sleep."""
     seen: list[float] = []
+    mine = threading.get_ident()
+    real_sleep, real_async_sleep = time.sleep, asyncio.sleep
 
-    async def fake_async_sleep(seconds: float) -> None:
+    def fake_sleep(seconds: float) -> None:
+        if threading.get_ident() != mine:
+            return real_sleep(seconds)
         seen.append(seconds)
 
-    monkeypatch.setattr(remote_http.time, "sleep", seen.append)
+    async def fake_async_sleep(seconds: float, result=None):
+        if threading.get_ident() != mine:
+            return await real_async_sleep(seconds, result)
+        seen.append(seconds)
+        return result
+
+    monkeypatch.setattr(remote_http.time, "sleep", fake_sleep)
     monkeypatch.setattr(remote_http.asyncio, "sleep", fake_async_sleep)
     return seen
 
@@ -371,6 +386,240 @@ def test_rank_timeout_falls_back_to_the_first_stage_order():
     assert [r.index for r in ranked] == [0, 1] and not ranked[0].reranked
     done = remote.rank("q", texts[:1], timeout=30)  # in time: reranked
     assert done[0].reranked and done[0].reranker_score == pytest.approx(1 / (1 + math.exp(-1)))
+
+
+# ---------------------------------------------------------------------------- deadlines
+# What ``bge-rerank serve`` answers for a request past its --score-timeout (server/service.py).
+SERVER_DEADLINE = {
+    "error": "Scoring did not finish within the server's score_timeout_s=0.2 s",
+    "message": "Scoring did not finish within the server's score_timeout_s=0.2 s",
+    "error_type": "deadline_exceeded",
+    "field": None,
+}
+DEADLINE_TEXTS = ["a", "bbbb", "cc", "ddd", "e"]
+DEADLINE_FIRST = [0.1, 0.2, 0.9, 0.3, 0.4]
+FIRST_ORDER = [2, 4, 3, 1, 0]  # DEADLINE_FIRST best first; the reranker's order is [1, 3, 2, ...]
+
+
+def _mock_remote(handler, **options) -> RemoteScorer:
+    options = {"dialect": "tei", "max_batch": 8, **options}
+    return RemoteScorer(
+        "http://rerank.test",
+        transport=httpx.MockTransport(handler),
+        async_transport=httpx.MockTransport(handler),
+        **options,
+    )
+
+
+def _rank(remote: RemoteScorer, mode: str, texts=DEADLINE_TEXTS, **options) -> list[Ranked]:
+    if mode == "sync":
+        return remote.rank("q", texts, **options)
+    return asyncio.run(remote.arank("q", texts, **options))
+
+
+def _assert_first_stage(ranked: list[Ranked]) -> None:
+    assert [r.index for r in ranked] == FIRST_ORDER
+    assert [r.score for r in ranked] == [DEADLINE_FIRST[i] for i in FIRST_ORDER]
+    assert all(r.reranked is False and r.reranker_score is None for r in ranked)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_server_deadline_503_falls_back_at_once_without_a_retry(waits, caplog, mode):
+    from bge_rerank_plugins.ranking import deadline_fallbacks
+
+    server = Flaky([(503, "1")] * 10, body=SERVER_DEADLINE)
+    remote = _mock_remote(server, max_retries=3)
+    fallbacks = deadline_fallbacks()
+    with caplog.at_level(logging.WARNING, logger="bge_rerank_plugins.ranking"):
+        ranked = _rank(remote, mode, first_stage_scores=DEADLINE_FIRST, timeout=5)
+    _assert_first_stage(ranked)
+    assert len(server.requests) == 1 and waits == []  # not retried, not waited for
+    warned = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 1 and "reranked=False" in warned[0].getMessage()
+    assert deadline_fallbacks() == fallbacks + 1
+    # Without first-stage scores the fallback is the input order, scored 1 / (1 + position).
+    server = Flaky([(503, None)], body=SERVER_DEADLINE)
+    ranked = _rank(_mock_remote(server), mode, top_k=2, timeout=5)
+    assert [(r.index, r.score, r.reranked) for r in ranked] == [(0, 1.0, False), (1, 0.5, False)]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_without_a_timeout_a_server_deadline_503_is_retried_then_raises(waits, mode):
+    server = Flaky([(503, "1")] * 10, body=SERVER_DEADLINE)
+    remote = _mock_remote(server, max_retries=2)
+    with pytest.raises(RemoteRerankError, match="max_retries=2") as caught:
+        _rank(remote, mode, first_stage_scores=DEADLINE_FIRST)
+    assert caught.value.status == 503 and "score_timeout_s=0.2" in str(caught.value)
+    assert len(server.requests) == 3 and waits == [1.0, 1.0]  # as before: retried, then raised
+    server = Flaky([(503, "1")], body=SERVER_DEADLINE)  # a retry that succeeds: reranked
+    ranked = _rank(_mock_remote(server), mode)
+    assert [r.index for r in ranked] == [1, 3, 2, 0, 4] and ranked[0].reranked
+    assert waits == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_under_a_deadline_only_a_retry_that_ends_in_time_is_waited_for(waits, mode):
+    server = Flaky([(503, "0.25"), (429, None)])  # plain "busy": retried within the deadline
+    ranked = _rank(_mock_remote(server), mode, timeout=5)
+    assert ranked[0].reranked and waits == [0.25, 1.0] and len(server.requests) == 3
+    server = Flaky([(503, "30")])  # the wait alone would pass the deadline: the first stage
+    ranked = _rank(_mock_remote(server), mode, first_stage_scores=DEADLINE_FIRST, timeout=5)
+    _assert_first_stage(ranked)
+    assert waits == [0.25, 1.0] and len(server.requests) == 1
+    server = Flaky([(400, None)])  # not a deadline: still an error, deadline or not
+    with pytest.raises(RemoteRerankError, match="400"):
+        _rank(_mock_remote(server), mode, timeout=5)
+    server = Flaky([(503, None)] * 10)  # the retries are spent in time: raised as before
+    with pytest.raises(RemoteRerankError, match="max_retries=1"):
+        _rank(_mock_remote(server, max_retries=1), mode, timeout=5)
+
+
+class Stalling:
+    """Answers as TEI after ``seconds``; a request whose read timeout is shorter gets
+    ``httpx.ReadTimeout`` at that timeout, as a real transport does (``MockTransport`` itself
+    does not enforce timeouts)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.timeouts: list[float | None] = []
+
+    def _read_timeout(self, request: httpx.Request) -> float | None:
+        read = request.extensions["timeout"]["read"]
+        self.timeouts.append(read)
+        return read if read is not None and read < self.seconds else None
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        cut = self._read_timeout(request)
+        time.sleep(self.seconds if cut is None else cut)
+        if cut is not None:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return _tei(request)
+
+
+class AsyncStalling(Stalling):
+    """:class:`Stalling` on the event loop (``asyncio.sleep``, so cancellable)."""
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:  # type: ignore[override]
+        cut = self._read_timeout(request)
+        await asyncio.sleep(self.seconds if cut is None else cut)
+        if cut is not None:
+            raise httpx.ReadTimeout("timed out", request=request)
+        return _tei(request)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_request_that_stalls_past_the_timeout_returns_the_first_stage_order_in_time(mode):
+    stalling = Stalling(5.0) if mode == "sync" else AsyncStalling(5.0)
+    remote = _mock_remote(stalling, timeout=30.0)  # the per-request timeout is far off
+    started = time.monotonic()
+    ranked = _rank(remote, mode, first_stage_scores=DEADLINE_FIRST, timeout=0.5)
+    assert time.monotonic() - started < 1.0  # within 2x the timeout, not 5 s (nor 30 s)
+    _assert_first_stage(ranked)
+    assert len(stalling.timeouts) == 1 and 0 < stalling.timeouts[0] <= 0.5  # cut to the time left
+    # Without timeout= the request keeps its own timeout, and timing out is an error as before.
+    remote = _mock_remote(Stalling(5.0) if mode == "sync" else AsyncStalling(5.0), timeout=0.2)
+    with pytest.raises(RemoteRerankError, match=r"timeout=0\.2"):
+        _rank(remote, mode)
+
+
+def test_async_a_server_deadline_cancels_the_other_requests_in_flight():
+    cancelled: list[int] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["texts"] == ["a"]:
+            return httpx.Response(503, json=SERVER_DEADLINE, headers={"Retry-After": "1"})
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            cancelled.append(1)
+            raise
+        return _tei(request)
+
+    async def main() -> tuple[list[Ranked], float]:
+        remote = _mock_remote(handler, max_batch=1)
+        started = time.monotonic()
+        ranked = await remote.arank(
+            "q", DEADLINE_TEXTS, first_stage_scores=DEADLINE_FIRST, timeout=30
+        )
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(0.05)  # let the cancellations land
+        await remote.aclose()
+        return ranked, elapsed
+
+    ranked, elapsed = asyncio.run(main())
+    _assert_first_stage(ranked)
+    assert elapsed < 2 and len(cancelled) == 4  # the other four requests stopped, not run on
+
+
+def test_a_served_deadline_falls_back_end_to_end(tiny_bert: Path):
+    """A real ``bge-rerank serve`` app over a real socket: its 503 and a stalled answer."""
+    import threading as _threading
+
+    from bge_rerank_plugins.server import ServerConfig, build_server
+
+    release = _threading.Event()
+
+    class HeldScorer:
+        """Holds every batch until released: the server's deadline passes first."""
+
+        device = "cpu"
+        model_max_length = 512
+
+        def score_pairs(self, pairs, normalize=False):
+            release.wait(10)
+            return [float(len(p)) for _, p in pairs]
+
+    port = free_loopback_port()
+    config = ServerConfig(model=str(tiny_bert), score_timeout_s=1.5)
+    server = build_server(
+        config, port=port, log_level="warning", graceful_timeout_s=1, scorer_factory=HeldScorer
+    )
+    thread = _threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        _wait_healthy(url, thread.is_alive, timeout=30)
+        remote = RemoteScorer(url, dialect="tei", max_batch=8, max_retries=3)
+        started = time.monotonic()  # the client's deadline first: the socket read is cut
+        ranked = remote.rank("q", DEADLINE_TEXTS, first_stage_scores=DEADLINE_FIRST, timeout=0.5)
+        assert time.monotonic() - started < 1.0
+        _assert_first_stage(ranked)
+        started = time.monotonic()  # the server's first: its 503, not retried
+        ranked = remote.rank("q", DEADLINE_TEXTS, first_stage_scores=DEADLINE_FIRST, timeout=10)
+        assert time.monotonic() - started < 5
+        _assert_first_stage(ranked)
+        release.set()
+        ranked = remote.rank("q", DEADLINE_TEXTS, timeout=10)  # in time: reranked
+        assert ranked[0].reranked and ranked[0].index == 1
+        metrics = httpx.get(f"{url}/metrics").text
+        # The server counts its own 503 (the first request's too, if it ran to the deadline).
+        counted = re.search(r"^bge_rerank_deadline_fallbacks_total (\S+)$", metrics, re.M)
+        assert counted is not None and float(counted.group(1)) >= 1
+        remote.close()
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_an_adapter_backed_by_a_remote_scorer_keeps_the_first_stage_order(waits, mode):
+    li = pytest.importorskip("llama_index.core.schema")
+    from bge_rerank_plugins.llama_index import BGEReranker
+
+    server = Flaky([(503, "1")] * 10, body=SERVER_DEADLINE)
+    reranker = BGEReranker(scorer=_mock_remote(server), timeout=5, top_n=3)
+    given = [
+        li.NodeWithScore(node=li.TextNode(text=t, id_=f"n{i}"), score=s)
+        for i, (t, s) in enumerate(zip(DEADLINE_TEXTS, DEADLINE_FIRST))
+    ]
+    if mode == "sync":
+        out = reranker.postprocess_nodes(given, query_str="q")
+    else:
+        out = asyncio.run(reranker.apostprocess_nodes(given, query_str="q"))
+    assert [n.node.node_id for n in out] == [f"n{i}" for i in FIRST_ORDER[:3]]
+    assert all(n.node.metadata["reranked"] is False for n in out)
+    assert len(server.requests) == 1 and waits == []
 
 
 def test_timeouts_and_malformed_answers_are_clear_errors():

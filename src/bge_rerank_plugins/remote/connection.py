@@ -16,8 +16,9 @@ from typing import Any
 
 import httpx
 
+from ..runtime.deadline import DeadlineExceeded
 from .dialects import ENDPOINTS
-from .http import RemoteRerankError, asend, send
+from .http import RemoteRerankError, asend, remaining, send
 
 __all__ = ["DEFAULT_MAX_BATCH", "Connection"]
 
@@ -184,12 +185,18 @@ class Connection:
         """Probe the server once, if the dialect or the request size is still unknown."""
         if self.resolved:
             return
-        with self._lock:
+        # Inside rank(timeout=...), waiting on another thread's probe keeps the deadline too.
+        left = remaining()
+        if not self._lock.acquire(timeout=-1 if left is None else max(0.0, left)):
+            raise DeadlineExceeded(f"the deadline passed while {self.base_url} was probed")
+        try:
             if self.resolved:
                 return
             info = self._json(self._get("/info"))
             has_models = self._needs_models(info) and self._get("/v1/models") is not None
             self._settle(info, has_models)
+        finally:
+            self._lock.release()
 
     async def aresolve(self) -> None:
         """:meth:`resolve`, awaited (two concurrent first calls may both probe; harmless)."""

@@ -2,6 +2,13 @@
 with backoff, honouring ``Retry-After``; anything else that is not a 2xx is an error naming the
 status and the server's message.
 
+Inside :func:`request_deadline` (``RemoteScorer.rank(timeout=...)``) a request keeps the deadline
+instead: each attempt's httpx timeout is cut to the time left, and the request raises
+:class:`~bge_rerank_plugins.runtime.deadline.DeadlineExceeded` (which ``rank`` turns into the
+first-stage order) when no time is left, when an attempt times out because the deadline cut it,
+when the server answers 503 ``deadline_exceeded`` (its ``--score-timeout``; never retried then),
+or when the wait before a retry would end after the deadline.
+
 >>> retry_delay("3", attempt=0)
 3.0
 >>> retry_delay(None, attempt=2)
@@ -11,20 +18,26 @@ status and the server's message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import logging
 import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 from typing import Any
 
 import httpx
 
 from ..errors import RerankerError
+from ..runtime.deadline import DeadlineExceeded
 
 __all__ = [
     "MAX_RETRY_WAIT_S",
     "RETRY_STATUSES",
     "RemoteRerankError",
     "asend",
+    "remaining",
+    "request_deadline",
     "retry_delay",
     "send",
 ]
@@ -37,6 +50,11 @@ RETRY_STATUSES = frozenset({429, 503})
 MAX_RETRY_WAIT_S = 60.0
 #: First backoff without ``Retry-After`` (doubled per attempt).
 BACKOFF_S = 0.5
+#: ``error_type`` of ``bge-rerank serve``'s 503 for a request past its ``--score-timeout``.
+SERVER_DEADLINE = "deadline_exceeded"
+
+# The monotonic time by which the requests sent in this thread / asyncio task must be answered.
+_DEADLINE: ContextVar[float | None] = ContextVar("bge_rerank_remote_deadline", default=None)
 
 
 class RemoteRerankError(RerankerError):
@@ -47,6 +65,49 @@ class RemoteRerankError(RerankerError):
         super().__init__(message)
         self.status = status
         self.url = url
+
+
+@contextlib.contextmanager
+def request_deadline(seconds: float | None) -> Iterator[None]:
+    """Requests sent inside the block end within ``seconds`` from now or raise
+    :class:`DeadlineExceeded` (``None``: no deadline; a nested one never extends the outer)."""
+    if seconds is None:
+        yield
+        return
+    deadline = time.monotonic() + seconds
+    outer = _DEADLINE.get()
+    token = _DEADLINE.set(deadline if outer is None else min(deadline, outer))
+    try:
+        yield
+    finally:
+        _DEADLINE.reset(token)
+
+
+def remaining() -> float | None:
+    """Seconds left before the :func:`request_deadline` (``None`` outside one; may be <= 0)."""
+    deadline = _DEADLINE.get()
+    return None if deadline is None else deadline - time.monotonic()
+
+
+def _attempt_timeout(timeout: float, url: str) -> tuple[float, bool]:
+    """The seconds one attempt may take, and whether the deadline cut them below ``timeout``."""
+    left = remaining()
+    if left is None:
+        return timeout, False
+    if left <= 0:
+        raise DeadlineExceeded(f"the deadline passed before the request to {url} was sent")
+    return (left, True) if left < timeout else (timeout, False)
+
+
+def _server_deadline(response: httpx.Response) -> bool:
+    """Whether ``response`` is ``bge-rerank serve``'s 503 for a request past its deadline."""
+    if response.status_code != 503:
+        return False
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("error_type") == SERVER_DEADLINE
 
 
 def retry_delay(retry_after: str | None, attempt: int) -> float:
@@ -137,14 +198,16 @@ def send(
     max_retries: int,
     timeout: float,
 ) -> httpx.Response:
-    """The 2xx response to one request, retrying 429/503 and refused connections."""
+    """The 2xx response to one request, retrying 429/503 and refused connections (inside a
+    :func:`request_deadline`: keeping it, see the module's docstring)."""
     attempt = 0
     while True:
+        seconds, cut = _attempt_timeout(timeout, url)
         try:
-            response, error = client.request(method, url, json=json), None
+            response, error = client.request(method, url, json=json, timeout=seconds), None
         except httpx.HTTPError as caught:
             response, error = None, caught
-        delay = _wait_before_retry(response, error, url, attempt, max_retries, timeout)
+        delay = _wait_before_retry(response, error, url, attempt, max_retries, timeout, cut)
         if delay is None:
             return response  # type: ignore[return-value]
         time.sleep(delay)
@@ -158,12 +221,17 @@ def _wait_before_retry(
     attempt: int,
     max_retries: int,
     timeout: float,
+    cut: bool = False,
 ) -> float | None:
     """None when ``response`` is the answer; else the seconds to wait before the next attempt.
 
-    Raises the request's error when it cannot be retried or the retries are spent (shared by
-    :func:`send` and :func:`asend`, which differ only in how they wait)."""
+    Raises the request's error when it cannot be retried or the retries are spent, and
+    :class:`DeadlineExceeded` when the :func:`request_deadline` ends it (``cut``: this attempt's
+    timeout was the time left). Shared by :func:`send` and :func:`asend`, which differ only in
+    how they wait."""
     if error is not None:
+        if cut and isinstance(error, httpx.TimeoutException):
+            raise DeadlineExceeded(f"{url} did not answer before the deadline") from error
         if not _retryable(error) or attempt >= max_retries:
             raise _transport_failure(error, url, timeout) from error
         delay = retry_delay(None, attempt)
@@ -171,9 +239,15 @@ def _wait_before_retry(
         assert response is not None
         if response.is_success:
             return None
+        if remaining() is not None and _server_deadline(response):
+            logger.info("%s answered 503 %s: not retried within the deadline", url, SERVER_DEADLINE)
+            raise DeadlineExceeded(f"{url} answered 503 {SERVER_DEADLINE}")
         if response.status_code not in RETRY_STATUSES or attempt >= max_retries:
             raise _failure(response, url, attempt + 1)
         delay = retry_delay(response.headers.get("Retry-After"), attempt)
+    left = remaining()
+    if left is not None and delay >= left:
+        raise DeadlineExceeded(f"retrying {url} in {delay:.2f} s would end after the deadline")
     logger.info("Retrying %s in %.2f s (attempt %d)", url, delay, attempt + 1)
     return delay
 
@@ -190,11 +264,12 @@ async def asend(
     """:func:`send` for an :class:`httpx.AsyncClient` (waits with ``asyncio.sleep``)."""
     attempt = 0
     while True:
+        seconds, cut = _attempt_timeout(timeout, url)
         try:
-            response, error = await client.request(method, url, json=json), None
+            response, error = await client.request(method, url, json=json, timeout=seconds), None
         except httpx.HTTPError as caught:
             response, error = None, caught
-        delay = _wait_before_retry(response, error, url, attempt, max_retries, timeout)
+        delay = _wait_before_retry(response, error, url, attempt, max_retries, timeout, cut)
         if delay is None:
             return response  # type: ignore[return-value]
         await asyncio.sleep(delay)

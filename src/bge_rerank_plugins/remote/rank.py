@@ -3,9 +3,11 @@ scores, a deadline that falls back to the first-stage order) over remote scores.
 
 The ranking itself is :func:`bge_rerank_plugins.ranking.rank_passages`, the body of
 :meth:`CrossEncoderScorer.rank`, run on a view that hands it the server's raw scores. The
-deadline: the sync path checks it before each request (a request is the remote "batch"), the
-async path cancels the requests in flight when it passes; either way the result is the
-first-stage order with ``reranked=False``, as in-process.
+deadline fails open: the sync path checks it before each request (a request is the remote
+"batch"), the async path cancels the requests in flight when it passes, and both send each
+request inside :func:`~.http.request_deadline` (its timeout cut to the time left, no retry that
+would end late, a server's 503 ``deadline_exceeded`` not retried). Whichever stops it, the result
+is the first-stage order with ``reranked=False`` and a logged warning, as in-process.
 
 The Cohere dialect returns relevance scores only; ranking needs raw scores, so those are mapped
 back through the logit (the order is unchanged and the shown scores are the server's again).
@@ -23,6 +25,7 @@ from typing import Any
 
 from ..ranking import Ranked, check_timeout, rank_passages
 from ..runtime.deadline import DeadlineExceeded
+from .http import request_deadline
 
 __all__ = ["KnownScores", "arank_remote", "rank_remote", "to_logits"]
 
@@ -78,10 +81,11 @@ def rank_remote(
     timeout: float | None,
 ) -> list[Ranked]:
     """The sync ranking of ``passages`` by ``remote``'s scores."""
-    return rank_passages(
-        _LiveScores(remote), query, passages, top_k, normalize=normalize,
-        first_stage_scores=first_stage_scores, fusion=fusion, timeout=timeout,
-    )  # fmt: skip
+    with request_deadline(check_timeout(timeout)):
+        return rank_passages(
+            _LiveScores(remote), query, passages, top_k, normalize=normalize,
+            first_stage_scores=first_stage_scores, fusion=fusion, timeout=timeout,
+        )  # fmt: skip
 
 
 async def arank_remote(
@@ -97,13 +101,14 @@ async def arank_remote(
 ) -> list[Ranked]:
     """:func:`rank_remote`, awaited; the deadline cancels the requests still in flight."""
     timeout = check_timeout(timeout)
-    try:
-        if timeout is None:
-            raw: list[float] | None = await remote.araw_scores(query, passages)
-        else:
-            raw = await asyncio.wait_for(remote.araw_scores(query, passages), timeout)
-    except asyncio.TimeoutError:
-        raw = None
+    if timeout is None:
+        raw: list[float] | None = await remote.araw_scores(query, passages)
+    else:
+        try:
+            with request_deadline(timeout):  # the tasks wait_for and gather start inherit it
+                raw = await asyncio.wait_for(remote.araw_scores(query, passages), timeout)
+        except (asyncio.TimeoutError, DeadlineExceeded):
+            raw = None  # rank_passages falls back (and warns, and counts it) as in-process
     view = KnownScores(raw, remote.normalize, remote.model_name)
     return rank_passages(
         view, query, passages, top_k, normalize=normalize,

@@ -253,7 +253,12 @@ class RemoteScorer:
                 payload = await self._conn.apost(self._body(pairs, rows, use))
             self._collect(rows, payload, out)
 
-        await asyncio.gather(*(one(rows) for rows in self._chunks(pairs)))
+        tasks = [asyncio.ensure_future(one(rows)) for rows in self._chunks(pairs)]
+        try:
+            await asyncio.gather(*tasks)
+        finally:  # one failed, or the deadline cancelled us: the others stop too, not run on
+            for task in tasks:
+                task.cancel()
         return out
 
     # ------------------------------------------------------------ the scorer's API
@@ -336,8 +341,9 @@ class RemoteScorer:
         """Passages best first as ``Ranked(index, score, passage)``; ties keep input order.
 
         As :meth:`CrossEncoderScorer.rank`: ``fusion`` fuses with ``first_stage_scores``, and
-        ``timeout`` (seconds, checked before each request) falls back to the first-stage order
-        with ``reranked=False`` instead of running late.
+        ``timeout`` (seconds: checked before each request, each request's timeout cut to the time
+        left, no retry that would end late, a 503 ``deadline_exceeded`` not retried) falls back
+        to the first-stage order with ``reranked=False`` and a warning, instead of running late.
         """
         if normalize is not None:
             check_normalize(normalize)
@@ -380,7 +386,8 @@ class RemoteScorer:
         fusion: FusionConfig | None = None,
         timeout: float | None = None,
     ) -> list[Ranked]:
-        """:meth:`rank`, awaited; at the ``timeout`` the requests in flight are cancelled."""
+        """:meth:`rank`, awaited; at the ``timeout`` the requests in flight are cancelled (and a
+        server's 503 ``deadline_exceeded`` cancels the rest): the first-stage order, as there."""
         if normalize is not None:
             check_normalize(normalize)
         return await arank_remote(
