@@ -134,6 +134,18 @@ def _causal_with_name(function: str, family: str) -> Callable[..., Any]:
     return lambda *args: _causal(function)(family, *args)
 
 
+def _layerwise(function: str) -> Callable[..., Any]:
+    """``function`` of :mod:`.causal_layerwise`, imported on first call (torch-free import)."""
+
+    def call(*args: Any) -> Any:
+        from . import causal_layerwise
+
+        return getattr(causal_layerwise, function)(*args)
+
+    call.__name__ = function
+    return call
+
+
 #: Every family the scorer can run, by name.
 FAMILIES: dict[str, ModelFamily] = {
     "sequence-classification": ModelFamily(
@@ -148,6 +160,19 @@ FAMILIES: dict[str, ModelFamily] = {
         detect=_st_modular_detect,
         load=_st_modular_load,
         check_files=_st_modular_check_files,
+    ),
+    # FlagEmbedding's layer-wise MiniCPM (bge-reranker-v2-minicpm-layerwise): one head per
+    # layer, read at the last token (runtime/causal_layerwise.py). Before "bge-decoder-only",
+    # which claims every other *ForCausalLM.
+    "bge-layerwise": ModelFamily(
+        name="bge-layerwise",
+        check=_layerwise("check_layerwise_config"),
+        score=_classifier_score,
+        detect=_layerwise("detect_layerwise"),
+        load=_layerwise("load_layerwise"),
+        check_files=_causal("check_causal_files"),
+        encoder=_layerwise("layerwise_encoder"),
+        runner=_layerwise("layerwise_runner"),
     ),
     # Causal LMs read at the last token (runtime/causal_family.py): FlagEmbedding's
     # bge-reranker-v2-gemma layout, and the chat-template yes/no layout (Qwen3-Reranker).

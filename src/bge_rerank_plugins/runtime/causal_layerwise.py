@@ -1,0 +1,180 @@
+"""The ``"bge-layerwise"`` family: ``BAAI/bge-reranker-v2-minicpm-layerwise``.
+
+FlagEmbedding's ``LayerWiseFlagLLMReranker`` layout: the prompt of ``bge-decoder-only``
+(``<bos>A: {query}\\nB: {passage}\\n{prompt}``, :class:`~.causal_prompts.BgeDecoderEncoder`), a
+MiniCPM decoder, and one relevance head per layer from ``start_layer`` (8) to the top (40); the
+score is the head of the chosen layer at the last token. FlagEmbedding's ``cutoff_layers``
+default (``None``) is the top layer; BAAI's model card suggests 28 for speed. Here the layer is
+:attr:`LayerwiseRunner.cutoff_layer` (``scorer.runner.cutoff_layer = 28``), one layer per scorer:
+the scorer returns one score per pair, where FlagEmbedding returns one list per layer.
+
+The network is :class:`~.minicpm_layerwise.LayerwiseMiniCPM` (our own code; the folder's
+``modeling_minicpm_reranker.py`` is never run). The folder's ``config.json`` names a remote config
+class (``auto_map``) and ``transformers`` has no MiniCPM of its own, so the model needs
+``trust_remote_code=True`` for its config, as it does in FlagEmbedding.
+
+>>> from transformers import PretrainedConfig
+>>> config = PretrainedConfig(architectures=["LayerWiseMiniCPMForCausalLM"])
+>>> detect_layerwise("/m/bge-reranker-v2-minicpm-layerwise", config)
+True
+>>> detect_layerwise("/m/gemma", PretrainedConfig(architectures=["GemmaForCausalLM"]))
+False
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelFilesError, RandomHeadError
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = [
+    "LayerwiseRunner",
+    "check_layerwise_config",
+    "detect_layerwise",
+    "layerwise_encoder",
+    "layerwise_runner",
+    "load_layerwise",
+]
+
+logger = logging.getLogger(__name__)
+
+_ARCHITECTURE = "LayerWiseMiniCPMForCausalLM"
+_CONFIG_CLASS = "LayerWiseMiniCPMConfig"
+
+
+def detect_layerwise(source: str, config: Any) -> bool:
+    """Whether ``family="auto"`` reads this model as a BGE layer-wise reranker: its config
+    names FlagEmbedding's layer-wise MiniCPM class."""
+    architectures = getattr(config, "architectures", None) or ()
+    return _ARCHITECTURE in architectures or type(config).__name__ == _CONFIG_CLASS
+
+
+def check_layerwise_config(config: Any, model_name: str) -> None:
+    """Refuse a config this family cannot score, naming what is wrong."""
+    if not detect_layerwise("", config) or getattr(config, "start_layer", None) is None:
+        raise ValueError(
+            f"model={model_name!r} is not a BGE layer-wise reranker (its config names "
+            f"{getattr(config, 'architectures', None)}, not {_ARCHITECTURE} with a start_layer); "
+            "use family='auto', or 'bge-decoder-only' for a causal LM read at its 'Yes' logit."
+        )
+    head_type = getattr(config, "head_type", "simple")
+    if head_type != "simple":
+        raise ValueError(
+            f"model={model_name!r} has head_type={head_type!r}: only the 'simple' heads (one "
+            "relevance logit per layer, as in BAAI/bge-reranker-v2-minicpm-layerwise) give a "
+            "score. A 'raw' or 'complex' head is a training-time layout; export the reranker "
+            "with FlagEmbedding's layer-wise fine-tuning first."
+        )
+    from .minicpm_layerwise import rope_settings
+
+    kind = rope_settings(config)[0]
+    if kind != "default":
+        raise ValueError(
+            f"model={model_name!r} uses rope_scaling of type {kind!r}; the layer-wise family "
+            "runs plain rotary positions (rope_scaling: null, as the BAAI checkpoint has)."
+        )
+
+
+def layer_range(config: Any) -> range:
+    """The layers that have a head: ``start_layer`` to ``num_hidden_layers``."""
+    return range(int(getattr(config, "start_layer", 0)), int(config.num_hidden_layers) + 1)
+
+
+def load_layerwise(loaded: Any, dtype: Any) -> Any:
+    """The :class:`~.minicpm_layerwise.LayerwiseMiniCPM` network in ``dtype``; refuses weights
+    left random (a head or a layer missing from the checkpoint)."""
+    from .minicpm_layerwise import LayerwiseMiniCPM
+
+    check_layerwise_config(loaded.config, loaded.name)
+    # A copy: loading records its dtype and attention settings on the config it is given.
+    config = copy.deepcopy(loaded.config)
+    try:
+        network, info = LayerwiseMiniCPM.from_pretrained(
+            loaded.source,
+            config=config,
+            dtype=dtype,
+            output_loading_info=True,
+            revision=loaded.load_options.get("revision"),
+        )
+    except (OSError, ValueError) as error:
+        raise ModelFilesError(
+            f"model={loaded.name!r}: could not load the layer-wise reranker from {loaded.source} "
+            f"({type(error).__name__}: {error}). A weights file is missing, truncated or "
+            "corrupt: fetch it again."
+        ) from error
+    missing = sorted(info.get("missing_keys") or ())
+    if missing:
+        shown = ", ".join(missing[:4])
+        raise RandomHeadError(
+            f"model={loaded.name!r}: {len(missing)} weight(s) of the layer-wise reranker are "
+            f"not in its checkpoint ({shown}); loading it would initialise them at random."
+        )
+    return network
+
+
+class LayerwiseRunner:
+    """Runs padded batches of a layer-wise reranker: the logit of :attr:`cutoff_layer`'s head
+    at each row's last real token, as a (rows, 1) float32 tensor.
+
+    Args:
+        loaded: the :class:`~bge_rerank_plugins.runtime.loading.LoadedModel`.
+        cutoff_layer: the layer read (``None``: the top layer, FlagEmbedding's default); one of
+            ``start_layer`` to ``num_hidden_layers`` of the config.
+    """
+
+    def __init__(self, loaded: Any, cutoff_layer: int | None = None) -> None:
+        self.loaded = loaded
+        self.layers = layer_range(loaded.config)
+        self.cutoff_layer = self.layers[-1] if cutoff_layer is None else cutoff_layer
+
+    @property
+    def cutoff_layer(self) -> int:
+        """The layer whose head gives the score (FlagEmbedding's ``cutoff_layers=[n]``)."""
+        return self._cutoff_layer
+
+    @cutoff_layer.setter
+    def cutoff_layer(self, layer: int) -> None:
+        if isinstance(layer, bool) or not isinstance(layer, int) or layer not in self.layers:
+            raise ValueError(
+                f"cutoff_layer must be one layer from {self.layers.start} to "
+                f"{self.layers.stop - 1} (the layers of {self.loaded.name!r} that have a score "
+                f"head), got {layer!r}"
+            )
+        self._cutoff_layer = layer
+
+    def __call__(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        import torch
+
+        ids, mask = tensors["input_ids"], tensors["attention_mask"]
+        logits = self.loaded.model.score(ids, mask, self.cutoff_layer)[:, None]
+        if self.loaded.dtype != torch.float32 and not bool(torch.isfinite(logits).all()):
+            logger.warning(
+                "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
+                self.loaded.dtype,
+                logits.shape[0],
+            )
+            network = self.loaded.float32_model()
+            logits = network.score(ids, mask, self.cutoff_layer)[:, None]
+        return logits
+
+
+def layerwise_encoder(loaded: Any, config: Any) -> Any:
+    """FlagEmbedding's decoder-only prompt and truncation (the same as ``bge-decoder-only``)."""
+    from .causal_family import causal_encoder
+
+    return causal_encoder("bge-decoder-only", loaded, config)
+
+
+def layerwise_runner(loaded: Any, backend: str) -> LayerwiseRunner:
+    """The :class:`LayerwiseRunner` (torch backend only)."""
+    if backend != "torch":
+        raise ValueError(
+            f"backend={backend!r} does not run layer-wise rerankers (family='bge-layerwise'); "
+            "use backend='torch' (with dtype='bfloat16' on a GPU)."
+        )
+    return LayerwiseRunner(loaded)
