@@ -24,10 +24,10 @@ False
 from __future__ import annotations
 
 import copy
-import logging
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelFilesError, RandomHeadError
+from .float32_rescue import RescuingRunner
 
 if TYPE_CHECKING:
     import torch
@@ -41,7 +41,6 @@ __all__ = [
     "load_layerwise",
 ]
 
-logger = logging.getLogger(__name__)
 
 _ARCHITECTURE = "LayerWiseMiniCPMForCausalLM"
 _CONFIG_CLASS = "LayerWiseMiniCPMConfig"
@@ -117,7 +116,7 @@ def load_layerwise(loaded: Any, dtype: Any) -> Any:
     return network
 
 
-class LayerwiseRunner:
+class LayerwiseRunner(RescuingRunner):
     """Runs padded batches of a layer-wise reranker: the logit of :attr:`cutoff_layer`'s head
     at each row's last real token, as a (rows, 1) float32 tensor.
 
@@ -128,7 +127,7 @@ class LayerwiseRunner:
     """
 
     def __init__(self, loaded: Any, cutoff_layer: int | None = None) -> None:
-        self.loaded = loaded
+        super().__init__(loaded)
         self.layers = layer_range(loaded.config)
         self.cutoff_layer = self.layers[-1] if cutoff_layer is None else cutoff_layer
 
@@ -147,20 +146,10 @@ class LayerwiseRunner:
             )
         self._cutoff_layer = layer
 
-    def __call__(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        import torch
-
+    def forward(self, network: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The cutoff layer's logit at each row's last real token, (rows, 1) float32."""
         ids, mask = tensors["input_ids"], tensors["attention_mask"]
-        logits = self.loaded.model.score(ids, mask, self.cutoff_layer)[:, None]
-        if self.loaded.dtype != torch.float32 and not bool(torch.isfinite(logits).all()):
-            logger.warning(
-                "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
-                self.loaded.dtype,
-                logits.shape[0],
-            )
-            network = self.loaded.float32_model()
-            logits = network.score(ids, mask, self.cutoff_layer)[:, None]
-        return logits
+        return network.score(ids, mask, self.cutoff_layer)[:, None]
 
 
 def layerwise_encoder(loaded: Any, config: Any) -> Any:

@@ -24,17 +24,17 @@ Inputs are right-padded rows (the scorer's :func:`~.batches.pad_batch`); rows ar
 
 from __future__ import annotations
 
-import logging
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
+
+from ..float32_rescue import RescuingRunner
 
 if TYPE_CHECKING:
     import torch
 
 __all__ = ["MODES", "CausalRunner"]
 
-logger = logging.getLogger(__name__)
 
 #: The runner's modes, cheapest last.
 MODES = ("full", "last", "prefix")
@@ -50,7 +50,7 @@ def _full_attention_only(config: Any) -> bool:
     )
 
 
-class CausalRunner:
+class CausalRunner(RescuingRunner):
     """Runs padded batches of a causal-LM reranker and returns the logits of ``token_ids``.
 
     Args:
@@ -73,36 +73,16 @@ class CausalRunner:
         mode: str = "prefix",
         max_prefixes: int = 8,
     ) -> None:
-        import torch
 
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-        self.loaded = loaded
+        super().__init__(loaded)
         self.token_ids = [int(t) for t in token_ids]
         self.mode = mode
         self.max_prefixes = max_prefixes
-        self.rescues = loaded.dtype != torch.float32
-        self.precision = (
-            f"in {loaded.dtype} and again in float32"
-            if self.rescues
-            else "with backend='torch' in float32"
-        )
         self._prefixes: OrderedDict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = OrderedDict()
         #: Prefix forward passes run and reused (for tests and benchmarks).
         self.prefix_stats = {"computed": 0, "reused": 0}
-
-    def __call__(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        import torch
-
-        logits = self.forward(self.loaded.model, tensors)
-        if self.rescues and not bool(torch.isfinite(logits).all()):
-            logger.warning(
-                "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
-                self.loaded.dtype,
-                logits.shape[0],
-            )
-            logits = self.forward(self.loaded.float32_model(), tensors)
-        return logits
 
     # ----------------------------------------------------------------- forward passes
     def forward(self, network: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -9,9 +9,10 @@ give non-finite logits, which the scorer refuses.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
+
+from ..float32_rescue import RescuingRunner
 
 if TYPE_CHECKING:
     import torch
@@ -20,16 +21,15 @@ if TYPE_CHECKING:
 
 __all__ = ["TorchRunner", "run_model"]
 
-logger = logging.getLogger(__name__)
-
 
 def run_model(model: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
     """The logits of a ``transformers`` classifier for one padded batch."""
     return model(**tensors, return_dict=True).logits
 
 
-class TorchRunner:
-    """Runs batches through :attr:`LoadedModel.model`, rescuing half-precision overflows.
+class TorchRunner(RescuingRunner):
+    """Runs batches through :attr:`LoadedModel.model`, rescuing half-precision overflows
+    (:class:`~bge_rerank_plugins.runtime.float32_rescue.RescuingRunner`).
 
     Args:
         loaded: the model the scorer loaded.
@@ -43,28 +43,8 @@ class TorchRunner:
         loaded: LoadedModel,
         forward: Callable[[Any, dict[str, torch.Tensor]], torch.Tensor] = run_model,
     ) -> None:
-        import torch
+        super().__init__(loaded)
+        self._forward = forward
 
-        self.loaded = loaded
-        self.forward = forward
-        #: Whether non-finite logits are retried in float32 (the dtype is a half one).
-        self.rescues = loaded.dtype != torch.float32
-        #: How a non-finite score was computed, for the scorer's error message.
-        self.precision = (
-            f"in {loaded.dtype} and again in float32"
-            if self.rescues
-            else "with backend='torch' in float32"
-        )
-
-    def __call__(self, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        import torch
-
-        logits = self.forward(self.loaded.model, tensors)
-        if self.rescues and not bool(torch.isfinite(logits).all()):
-            logger.warning(
-                "Non-finite scores in %s for a batch of %d pairs; rescoring it in float32.",
-                self.loaded.dtype,
-                logits.shape[0],
-            )
-            logits = self.forward(self.loaded.float32_model(), tensors)
-        return logits
+    def forward(self, network: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self._forward(network, tensors)
