@@ -59,3 +59,29 @@ def _fresh_model_cache():
     from bge_rerank_plugins.loading import clear_model_cache
 
     clear_model_cache()
+
+
+@pytest.fixture
+def adapter_scores():
+    """``scores(options, query, passages)``: the scores ``BGEReranker(**options)`` and
+    ``BGERerankCompressor(**options)`` give ``passages``, each list in ``passages``' order (every
+    passage kept: ``top_n`` is set to their number)."""
+    pytest.importorskip("llama_index.core")
+    pytest.importorskip("langchain_core")
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, TextNode
+
+    from bge_rerank_plugins.langchain import BGERerankCompressor
+    from bge_rerank_plugins.llama_index import BGEReranker
+
+    def scores(options: dict, query: str, passages: list[str]) -> tuple[list[float], list[float]]:
+        options = {**options, "top_n": len(passages)}
+        nodes = [NodeWithScore(node=TextNode(text=p)) for p in passages]
+        ranked = BGEReranker(**options).postprocess_nodes(nodes, query_str=query)
+        by_node = {n.node.get_content(): n.score for n in ranked}
+        docs = [Document(page_content=p) for p in passages]
+        compressed = BGERerankCompressor(**options).compress_documents(docs, query)
+        by_doc = {d.page_content: d.metadata["relevance_score"] for d in compressed}
+        return [by_node[p] for p in passages], [by_doc[p] for p in passages]
+
+    return scores

@@ -179,26 +179,14 @@ def test_cache_is_keyed_by_instruction_and_half_precision_runs_on_cpu(qwen3: Pat
 
 
 # ------------------------------------------------------------------ adapters
-def test_llama_index_and_langchain_adapters_score_causal_models(gemma: Path, qwen3: Path) -> None:
-    pytest.importorskip("llama_index.core")
-    pytest.importorskip("langchain_core")
-    from langchain_core.documents import Document
-    from llama_index.core.schema import NodeWithScore, TextNode
-
-    from bge_rerank_plugins.langchain import BGERerankCompressor
-    from bge_rerank_plugins.llama_index import BGEReranker
-
+def test_llama_index_and_langchain_adapters_score_causal_models(
+    gemma: Path, qwen3: Path, adapter_scores
+) -> None:
     for model in (gemma, qwen3):
         expected = CrossEncoderScorer(model).score(QUERY, PASSAGES)
-        reranker = BGEReranker(model=str(model), top_n=len(PASSAGES))
-        nodes = [NodeWithScore(node=TextNode(text=p)) for p in PASSAGES]
-        ranked = reranker.postprocess_nodes(nodes, query_str=QUERY)
-        got = {n.node.get_content(): n.score for n in ranked}
-        assert [got[p] for p in PASSAGES] == pytest.approx(expected, abs=1e-6)
-        compressor = BGERerankCompressor(model=str(model), top_n=len(PASSAGES))
-        docs = compressor.compress_documents([Document(page_content=p) for p in PASSAGES], QUERY)
-        got = {d.page_content: d.metadata["relevance_score"] for d in docs}
-        assert [got[p] for p in PASSAGES] == pytest.approx(expected, abs=1e-6)
+        llama, chain = adapter_scores({"model": str(model)}, QUERY, PASSAGES)
+        assert llama == pytest.approx(expected, abs=1e-6)
+        assert chain == pytest.approx(expected, abs=1e-6)
 
 
 def test_docstring_examples_of_the_causal_modules() -> None:

@@ -264,26 +264,14 @@ def test_detection_and_refusals(layerwise: Path, tiny_bert: Path, tmp_path: Path
 
 
 # ------------------------------------------------------------------ adapters
-def test_llama_index_and_langchain_adapters_score_layerwise(layerwise: Path) -> None:
-    pytest.importorskip("llama_index.core")
-    pytest.importorskip("langchain_core")
-    from langchain_core.documents import Document
-    from llama_index.core.schema import NodeWithScore, TextNode
-
-    from bge_rerank_plugins.langchain import BGERerankCompressor
-    from bge_rerank_plugins.llama_index import BGEReranker
-
+def test_llama_index_and_langchain_adapters_score_layerwise(
+    layerwise: Path, adapter_scores
+) -> None:
     expected = CrossEncoderScorer(layerwise, trust_remote_code=True).score(QUERY, PASSAGES)
-    options = {"model": str(layerwise), "top_n": len(PASSAGES), "trust_remote_code": True}
-    reranker = BGEReranker(**options)
-    nodes = [NodeWithScore(node=TextNode(text=p)) for p in PASSAGES]
-    ranked = reranker.postprocess_nodes(nodes, query_str=QUERY)
-    got = {n.node.get_content(): n.score for n in ranked}
-    assert [got[p] for p in PASSAGES] == pytest.approx(expected, abs=1e-6)
-    compressor = BGERerankCompressor(**options)
-    docs = compressor.compress_documents([Document(page_content=p) for p in PASSAGES], QUERY)
-    got = {d.page_content: d.metadata["relevance_score"] for d in docs}
-    assert [got[p] for p in PASSAGES] == pytest.approx(expected, abs=1e-6)
+    options = {"model": str(layerwise), "trust_remote_code": True}
+    llama, chain = adapter_scores(options, QUERY, PASSAGES)
+    assert llama == pytest.approx(expected, abs=1e-6)
+    assert chain == pytest.approx(expected, abs=1e-6)
 
 
 def test_docstring_examples_of_the_layerwise_modules() -> None:
