@@ -52,6 +52,24 @@ def minilm_model(models_dir: Path) -> Path:
     return build_minilm_cross_encoder(models_dir / "minilm-ce")
 
 
+@pytest.fixture(scope="session")
+def tiny_gemma_lm(models_dir: Path) -> Path:
+    """A tiny random Gemma-shaped causal LM: the shape of bge-reranker-v2-gemma."""
+    from bge_rerank_plugins.testing_causal import build_tiny_causal_lm
+
+    return build_tiny_causal_lm("gemma", models_dir / "tiny-gemma-lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3_lm(models_dir: Path) -> Path:
+    """A tiny random Qwen3-shaped causal LM: the shape of Qwen3-Reranker (needs
+    sentence-transformers for its reference)."""
+    pytest.importorskip("sentence_transformers")
+    from bge_rerank_plugins.testing_causal import build_tiny_causal_lm
+
+    return build_tiny_causal_lm("qwen3", models_dir / "tiny-qwen3-lm")
+
+
 @pytest.fixture(autouse=True)
 def _fresh_model_cache():
     """Tests that patch a scorer must not leak a patched model into the next test."""

@@ -15,7 +15,6 @@ import torch
 from bge_rerank_plugins import CrossEncoderScorer
 from bge_rerank_plugins.runtime.backends.causal import MODES
 from bge_rerank_plugins.runtime.causal_prompts import BGE_DEFAULT_PROMPT
-from bge_rerank_plugins.testing_causal import build_tiny_causal_lm
 
 QUERY = "what is the capital of China"
 PASSAGES = [
@@ -28,15 +27,14 @@ PASSAGES = [
 OTHER = ("what do pandas eat", ["The giant panda eats bamboo.", "pandas is a Python library."])
 
 
-@pytest.fixture(scope="module")
-def gemma(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_causal_lm("gemma", tmp_path_factory.mktemp("causal") / "gemma")
+@pytest.fixture
+def gemma(tiny_gemma_lm: Path) -> Path:
+    return tiny_gemma_lm
 
 
-@pytest.fixture(scope="module")
-def qwen3(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    pytest.importorskip("sentence_transformers")
-    return build_tiny_causal_lm("qwen3", tmp_path_factory.mktemp("causal") / "qwen3")
+@pytest.fixture
+def qwen3(tiny_qwen3_lm: Path) -> Path:
+    return tiny_qwen3_lm
 
 
 def _pairs() -> list[tuple[str, str]]:

@@ -14,6 +14,9 @@ Everything here is imported lazily (``import bge_rerank_plugins.finetune`` loads
   :mod:`~bge_rerank_plugins.finetune.grouping` (training datasets),
   :mod:`~bge_rerank_plugins.finetune.modeling` (the base model) and
   :mod:`~bge_rerank_plugins.finetune.trainer` (the training loop's parts).
+* :mod:`~bge_rerank_plugins.finetune.causal`: :func:`finetune_causal_reranker`, LoRA
+  fine-tuning of causal-LM rerankers (bge-reranker-v2-gemma, Qwen3-Reranker) on their own
+  score; the engine routes such a ``model_id`` there (:class:`CausalFinetuneEngine`).
 
 >>> from bge_rerank_plugins.finetune import TrainingGroup
 >>> TrainingGroup("q", positives=("a",), negatives=("b", "c")).size
@@ -45,6 +48,9 @@ _EXPORTS = {
     "FinetuneConfig": "recipe",
     "FinetuneResult": "recipe",
     "biencoder_teacher_scores": "teachers",
+    "finetune_causal_reranker": "causal",
+    "CausalFinetuneResult": "causal",
+    "CausalFinetuneEngine": "causal_engine",
 }
 
 __all__ = sorted(_EXPORTS)

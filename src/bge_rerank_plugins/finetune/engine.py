@@ -44,7 +44,15 @@ from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
-from .recipe import DEFAULTS, FinetuneConfig, FinetuneResult, resolve
+from .causal_engine import engine_class
+from .recipe import (
+    DEFAULTS,
+    FinetuneConfig,
+    FinetuneResult,
+    engine_config,
+    resolve,
+    run_config,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +60,6 @@ __all__ = ["DEFAULTS", "CrossEncoderFinetuneEngine", "FinetuneConfig", "Finetune
 
 _OPTIONS = frozenset(f.name for f in fields(FinetuneConfig))
 #: The options ``finetune(**train_kwargs)`` may override for one run.
-_RUN_OPTIONS = ("max_minutes", "max_steps", "resume_from_checkpoint")
 
 
 class CrossEncoderFinetuneEngine:
@@ -91,6 +98,9 @@ class CrossEncoderFinetuneEngine:
         ...     val_dataset=val_samples, max_minutes=30)  # doctest: +SKIP
     """
 
+    def __new__(cls, *args: Any, **kwargs: Any) -> Any:  # a causal-LM base: .causal_engine
+        return super().__new__(engine_class(cls, args, kwargs))
+
     def __init__(
         self,
         dataset: Sequence[Any],
@@ -112,19 +122,13 @@ class CrossEncoderFinetuneEngine:
 
         if not dataset:
             raise ValueError("dataset is empty: give at least one training sample.")
-        unknown = sorted(set(options) - _OPTIONS)
-        if unknown:
-            raise TypeError(
-                f"CrossEncoderFinetuneEngine got unexpected keyword arguments {unknown}; the "
-                f"training options are {sorted(_OPTIONS)}."
-            )
-        config = FinetuneConfig(
+        config = engine_config(
+            options,
             batch_size=batch_size,
             loss=loss,
             epochs=epochs,
             show_progress_bar=show_progress_bar,
             evaluation_steps=evaluation_steps,
-            **options,
         )
         # before any training: a folder that cannot take the model is refused now, not after
         # hours of training (and nothing in it is ever deleted)
@@ -239,13 +243,7 @@ class CrossEncoderFinetuneEngine:
         Returns:
             A :class:`FinetuneResult` (also kept as ``self.result``).
         """
-        unknown = sorted(set(train_kwargs) - set(_RUN_OPTIONS))
-        if unknown:
-            raise TypeError(
-                f"finetune() got unexpected arguments {unknown}; pass training options to the "
-                f"constructor (finetune accepts only {sorted(_RUN_OPTIONS)})."
-            )
-        config = replace(self.config, **train_kwargs)  # checked; for this run only
+        config = run_config(self.config, train_kwargs)  # checked; for this run only
         from .phases import run
         from .trainer import TrainingDiverged, diverged_error
 

@@ -49,11 +49,13 @@ __all__ = [
     "FinetuneConfig",
     "FinetuneResult",
     "cpu_bf16_autocast",
+    "engine_config",
     "is_grouped",
     "mixed_precision",
     "pick_max_length",
     "resolve",
     "resolve_loss",
+    "run_config",
     "training_arguments",
 ]
 
@@ -282,6 +284,35 @@ class FinetuneResult:
     max_length: int | None = None
     held_out: Any = None
     decisions: dict[str, Any] = field(default_factory=dict)
+
+
+#: What ``finetune(**train_kwargs)`` accepts: options for one run only.
+RUN_OPTIONS = ("max_minutes", "max_steps", "resume_from_checkpoint")
+
+
+def engine_config(options: dict[str, Any], **engine_arguments: Any) -> FinetuneConfig:
+    """The :class:`FinetuneConfig` of an engine constructor's named arguments and its
+    ``**options``; an unknown option raises ``TypeError`` naming it (never swallowed)."""
+    known = {f.name for f in fields(FinetuneConfig)}
+    unknown = sorted(set(options) - known)
+    if unknown:
+        raise TypeError(
+            f"CrossEncoderFinetuneEngine got unexpected keyword arguments {unknown}; the "
+            f"training options are {sorted(known)}."
+        )
+    return FinetuneConfig(**engine_arguments, **options)
+
+
+def run_config(config: FinetuneConfig, train_kwargs: dict[str, Any]) -> FinetuneConfig:
+    """``config`` with ``finetune(**train_kwargs)``'s options for one run; anything but
+    :data:`RUN_OPTIONS` raises ``TypeError``."""
+    unknown = sorted(set(train_kwargs) - set(RUN_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"finetune() got unexpected arguments {unknown}; pass training options to the "
+            f"constructor (finetune accepts only {sorted(RUN_OPTIONS)})."
+        )
+    return replace(config, **train_kwargs)
 
 
 def resolve(
