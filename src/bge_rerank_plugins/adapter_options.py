@@ -174,6 +174,9 @@ class ScorerOptions(BaseModel):
         default=None,
         description="Task text of the causal-LM families (None: the family's default).",
     )
+    cutoff_layer: int | None = Field(
+        default=None, strict=True, description="Layer a layer-wise reranker reads (None: top)."
+    )
     scorer: Any = Field(
         default=None,
         exclude=True,

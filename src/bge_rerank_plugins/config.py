@@ -163,6 +163,11 @@ class ScorerConfig:
             one of :func:`bge_rerank_plugins.runtime.families.family_choices` (docs/families.md).
         instruction: the task text of the causal-LM families (``None``: the family's default);
             the other families do not use it.
+        cutoff_layer: the layer whose score head a layer-wise reranker reads (families
+            ``"bge-layerwise"`` and ``"bge-lightweight"``, FlagEmbedding's
+            ``cutoff_layers=[n]``): an int >= 1, checked
+            against the model's layers when it loads; ``None``: the family's default, the top
+            layer. A family that does not read it refuses a value (docs/families.md).
     """
 
     model: str = DEFAULT_MODEL
@@ -180,6 +185,7 @@ class ScorerConfig:
     trust_remote_code: bool = False
     family: str = "auto"
     instruction: str | None = None
+    cutoff_layer: int | None = None
 
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalised values are stored once, here
@@ -246,6 +252,17 @@ class ScorerConfig:
             )
         if isinstance(self.instruction, str) and not self.instruction.strip():
             raise ValueError("instruction must not be blank; pass None for the family's default")
+        cutoff_layer = self.cutoff_layer
+        if cutoff_layer is not None and (not _is_int(cutoff_layer) or cutoff_layer < 1):
+            raise ValueError(
+                f"cutoff_layer must be an int >= 1 (a layer with a score head) or None (the "
+                f"family's default, the top layer), got {cutoff_layer!r}"
+            )
+        if self.family != "auto":
+            # An explicit family is known now: refuse its unread options before any loading.
+            from .runtime.families import FAMILIES, check_family_options
+
+            check_family_options(FAMILIES[self.family], self)
 
 
 def check_normalize(normalize: Any, name: str = "normalize") -> None:

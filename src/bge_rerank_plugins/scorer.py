@@ -32,7 +32,7 @@ from .fusion import FusionConfig
 from .ranking import Ranked, rank_passages
 from .runtime import backends
 from .runtime.backends.batches import run_batches
-from .runtime.families import FAMILIES, build_encoder, build_runner
+from .runtime.families import FAMILIES, build_encoder, build_runner, check_family_options
 from .runtime.loading import LoadedModel, load_cross_encoder
 from .score_cache import ScoreCache, pair_key
 from .tokenization import PairEncoder
@@ -94,8 +94,8 @@ class CrossEncoderScorer:
         backend: what runs each batch: ``"torch"`` (default), ``"onnx"``, ``"onnx-int8"`` or
             ``"torch-int8"``. Whether each is exact, CPU only or needs an extra, and what it is
             good for, is in :data:`bge_rerank_plugins.runtime.backends.REGISTRY`.
-        family, instruction: how the model is loaded and scored (``"auto"``: from its files)
-            and the causal families' task text: see :class:`ScorerConfig`, docs/families.md.
+        family, instruction, cutoff_layer: how the model is loaded and scored, the causal
+            families' task text, a layer-wise reranker's layer: :class:`ScorerConfig`.
         runner: replaces the backend's runner: any callable that takes one padded batch
             (``input_ids``, ``attention_mask`` and maybe ``token_type_ids`` tensors) and
             returns its logits (:class:`~bge_rerank_plugins.runtime.backends.Runner`). This
@@ -127,6 +127,7 @@ class CrossEncoderScorer:
         backend: str = "torch",
         family: str = "auto",
         instruction: str | None = None,
+        cutoff_layer: int | None = None,
         runner: Runner | None = None,
     ) -> None:
         # Every option is checked by ScorerConfig (one set of checks for the scorer, the
@@ -147,6 +148,7 @@ class CrossEncoderScorer:
             trust_remote_code=trust_remote_code,
             family=family,
             instruction=instruction,
+            cutoff_layer=cutoff_layer,
         )
         #: The options this scorer was built with (a frozen :class:`ScorerConfig`).
         self.config = config
@@ -166,6 +168,7 @@ class CrossEncoderScorer:
         self.query_max_length = config.query_max_length
         self._family = FAMILIES[self._loaded.family]
         self._family.check(self._loaded.config, self.model_name)
+        check_family_options(self._family, config)  # family="auto" is known only now
         #: How this scorer tokenizes pairs (it carries the model's tokenizer lock).
         self.encoder: PairEncoder = build_encoder(self._family, self._loaded, config)
         batch_size = config.batch_size
@@ -186,7 +189,7 @@ class CrossEncoderScorer:
             raise TypeError(f"runner must be a callable (tensors -> logits), got {runner!r}")
         #: What runs each padded batch: ``runner=`` if given, else the backend's runner.
         self.runner: Runner = (
-            runner if runner is not None else build_runner(self._family, spec, self._loaded)
+            runner if runner is not None else build_runner(self._family, spec, self._loaded, config)
         )
 
     @classmethod
@@ -362,9 +365,11 @@ class CrossEncoderScorer:
         max_length = encoded["max_length"] if encoded else self.resolve_max_length(())
         raw: list[float | None] = [None] * len(items)
         if self.cache is not None:
-            # The instruction changes a causal reranker's scores: part of the key.
+            from .runtime.families import RUNNER_SCORE_SETTINGS as SETTINGS  # layer, compression
+
+            runner = tuple(getattr(self.runner, n, None) for n in SETTINGS)  # settable later
             model_key = (self._loaded.name, str(self.dtype), self.backend, self.config.instruction)
-            keys = [pair_key(model_key, max_length, q, p) for q, p in items]
+            keys = [pair_key((*model_key, *runner), max_length, q, p) for q, p in items]
             raw = [self.cache.get(key) for key in keys]
         todo = [i for i, value in enumerate(raw) if value is None]
         if todo:

@@ -212,6 +212,14 @@ def scorer_argument_table() -> dict[str, tuple[str, dict[str, Any]]]:
             "--instruction",
             {"help": "task text of the causal-LM families (default: the family's own)"},
         ),
+        "cutoff_layer": (
+            "--cutoff-layer",
+            {
+                "type": positive_int,
+                "help": "layer a layer-wise reranker reads (bge-layerwise, bge-lightweight; "
+                "default: the top layer)",
+            },
+        ),
     }
 
 

@@ -5,8 +5,9 @@ FlagEmbedding's ``LayerWiseFlagLLMReranker`` layout: the prompt of ``bge-decoder
 MiniCPM decoder, and one relevance head per layer from ``start_layer`` (8) to the top (40); the
 score is the head of the chosen layer at the last token. FlagEmbedding's ``cutoff_layers``
 default (``None``) is the top layer; BAAI's model card suggests 28 for speed. Here the layer is
-:attr:`LayerwiseRunner.cutoff_layer` (``scorer.runner.cutoff_layer = 28``), one layer per scorer:
-the scorer returns one score per pair, where FlagEmbedding returns one list per layer.
+the scorer's ``cutoff_layer`` option (``CrossEncoderScorer(model, cutoff_layer=28)``, read as
+:attr:`LayerwiseRunner.cutoff_layer`), one layer per scorer: the scorer returns one score per
+pair, where FlagEmbedding returns one list per layer.
 
 The network is :class:`~.minicpm_layerwise.LayerwiseMiniCPM` (our own code; the folder's
 ``modeling_minicpm_reranker.py`` is never run). The folder's ``config.json`` names a remote config
@@ -159,11 +160,14 @@ def layerwise_encoder(loaded: Any, config: Any) -> Any:
     return causal_encoder("bge-decoder-only", loaded, config)
 
 
-def layerwise_runner(loaded: Any, backend: str) -> LayerwiseRunner:
-    """The :class:`LayerwiseRunner` (torch backend only)."""
+def layerwise_runner(
+    loaded: Any, backend: str, *, cutoff_layer: int | None = None
+) -> LayerwiseRunner:
+    """The :class:`LayerwiseRunner` reading ``cutoff_layer`` (ScorerConfig's option;
+    ``None``: the top layer), torch backend only."""
     if backend != "torch":
         raise ValueError(
             f"backend={backend!r} does not run layer-wise rerankers (family='bge-layerwise'); "
             "use backend='torch' (with dtype='bfloat16' on a GPU)."
         )
-    return LayerwiseRunner(loaded)
+    return LayerwiseRunner(loaded, cutoff_layer)

@@ -31,9 +31,12 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FAMILIES",
+    "FAMILY_OPTIONS",
+    "RUNNER_SCORE_SETTINGS",
     "ModelFamily",
     "build_encoder",
     "build_runner",
+    "check_family_options",
     "detect_family",
     "family_choices",
     "resolve_family",
@@ -63,9 +66,13 @@ class ModelFamily:
         encoder: ``encoder(loaded, config) -> encoder`` with the interface of
             :class:`~bge_rerank_plugins.tokenization.PairEncoder` (the family's prompt);
             ``None``: the tokenizer's (query, passage) pair encoding (:func:`build_encoder`).
-        runner: ``runner(loaded, backend) -> Runner`` replacing the backend's runner (the
-            causal families' :class:`~.backends.causal.CausalRunner`); ``None``: the
-            backend's own (:func:`build_runner`).
+        runner: ``runner(loaded, backend, **options) -> Runner`` replacing the backend's runner
+            (the causal families' :class:`~.backends.causal.CausalRunner`), given the config's
+            value of each of :attr:`options` by name; ``None``: the backend's own
+            (:func:`build_runner`).
+        options: the :data:`FAMILY_OPTIONS` (ScorerConfig fields) this family reads, passed
+            to ``runner``; a non-``None`` value of any other is refused
+            (:func:`check_family_options`), never silently ignored.
     """
 
     name: str
@@ -75,7 +82,16 @@ class ModelFamily:
     load: Callable[[Any, Any], Any] | None = None
     check_files: Callable[[str, str, Any, str | None], None] | None = None
     encoder: Callable[[Any, Any], Any] | None = None
-    runner: Callable[[Any, str], Any] | None = None
+    runner: Callable[..., Any] | None = None
+    options: tuple[str, ...] = ()
+
+
+#: The ScorerConfig options only some families read (each names them in ``options``); the
+#: scorer refuses a non-``None`` value for a family that does not (:func:`check_family_options`).
+FAMILY_OPTIONS: tuple[str, ...] = ("cutoff_layer",)
+#: Runner attributes that change a score (a layer-wise or lightweight runner's layer and token
+#: compression, settable on ``scorer.runner``): part of the score cache's key.
+RUNNER_SCORE_SETTINGS: tuple[str, ...] = ("cutoff_layer", "compress_ratio", "compress_layers")
 
 
 def _check_labels(config: Any, model_name: str) -> None:
@@ -137,10 +153,22 @@ def _causal_with_name(function: str, family: str) -> Callable[..., Any]:
 def _layerwise(function: str) -> Callable[..., Any]:
     """``function`` of :mod:`.causal_layerwise`, imported on first call (torch-free import)."""
 
-    def call(*args: Any) -> Any:
+    def call(*args: Any, **options: Any) -> Any:
         from . import causal_layerwise
 
-        return getattr(causal_layerwise, function)(*args)
+        return getattr(causal_layerwise, function)(*args, **options)
+
+    call.__name__ = function
+    return call
+
+
+def _lightweight(function: str) -> Callable[..., Any]:
+    """``function`` of :mod:`.causal_lightweight`, imported on first call (torch-free import)."""
+
+    def call(*args: Any, **options: Any) -> Any:
+        from . import causal_lightweight
+
+        return getattr(causal_lightweight, function)(*args, **options)
 
     call.__name__ = function
     return call
@@ -173,6 +201,21 @@ FAMILIES: dict[str, ModelFamily] = {
         check_files=_causal("check_causal_files"),
         encoder=_layerwise("layerwise_encoder"),
         runner=_layerwise("layerwise_runner"),
+        options=("cutoff_layer",),
+    ),
+    # FlagEmbedding's lightweight Gemma2 (bge-reranker-v2.5-gemma2-lightweight): one layer
+    # read at the last token, passage tokens optionally compressed (runtime/causal_lightweight.py).
+    # Before "bge-decoder-only" too.
+    "bge-lightweight": ModelFamily(
+        name="bge-lightweight",
+        check=_lightweight("check_lightweight_config"),
+        score=_classifier_score,
+        detect=_lightweight("detect_lightweight"),
+        load=_lightweight("load_lightweight"),
+        check_files=_causal("check_causal_files"),
+        encoder=_lightweight("lightweight_encoder"),
+        runner=_lightweight("lightweight_runner"),
+        options=("cutoff_layer",),
     ),
     # Causal LMs read at the last token (runtime/causal_family.py): FlagEmbedding's
     # bge-reranker-v2-gemma layout, and the chat-template yes/no layout (Qwen3-Reranker).
@@ -214,11 +257,38 @@ def build_encoder(family: ModelFamily, loaded: Any, config: Any) -> Any:
     )
 
 
-def build_runner(family: ModelFamily, spec: Any, loaded: Any) -> Any:
-    """The runner of backend ``spec`` (a BackendSpec) for ``loaded``, or the family's own."""
+def build_runner(family: ModelFamily, spec: Any, loaded: Any, config: Any = None) -> Any:
+    """The runner of backend ``spec`` (a BackendSpec) for ``loaded``, or the family's own,
+    given ``config``'s (a ScorerConfig's) values of the family's :attr:`~ModelFamily.options`
+    (``None``: the factory's defaults)."""
     if family.runner is not None:
-        return family.runner(loaded, spec.name)
+        options = {} if config is None else {n: getattr(config, n) for n in family.options}
+        return family.runner(loaded, spec.name, **options)
     return spec.build(loaded)
+
+
+def check_family_options(family: ModelFamily, config: Any) -> None:
+    """Refuse a ``config`` (a ScorerConfig) that sets a :data:`FAMILY_OPTIONS` entry ``family``
+    does not read, naming the option, the family and the families that read it.
+
+    >>> from types import SimpleNamespace
+    >>> check_family_options(FAMILIES["sequence-classification"], SimpleNamespace(
+    ...     model="m", cutoff_layer=None))
+    >>> check_family_options(FAMILIES["st-modular"], SimpleNamespace(model="m", cutoff_layer=2))
+    Traceback (most recent call last):
+    ...
+    ValueError: cutoff_layer=2 is not read by family 'st-modular' (model='m'); ...
+    """
+    for option in FAMILY_OPTIONS:
+        value = getattr(config, option, None)
+        if value is None or option in family.options:
+            continue
+        readers = [f.name for f in FAMILIES.values() if option in f.options]
+        raise ValueError(
+            f"{option}={value!r} is not read by family {family.name!r} (model={config.model!r}); "
+            f"only family {' or '.join(map(repr, readers))} takes {option}. Leave {option}=None "
+            "for this model, or pick a model of that family."
+        )
 
 
 def family_choices() -> tuple[str, ...]:

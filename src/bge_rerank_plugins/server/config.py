@@ -103,8 +103,8 @@ class ServerConfig:
     #: ``raw_scores``); ``template``: requests carry texts (TEI) or documents rendered by
     #: ``rank_fields`` (Cohere), not records; ``query_max_length``, ``cache_size``,
     #: ``revision``, ``trust_remote_code``, ``family`` (detected from the model's files),
-    #: ``instruction``: not served options yet (no ``serve`` flags); serve such a scorer with
-    #: ``create_app(config, scorer_factory=...)``.
+    #: ``instruction``, ``cutoff_layer``: not served options yet (no ``serve`` flags); serve
+    #: such a scorer with ``create_app(config, scorer_factory=...)``.
     SCORER_CONFIG_EXCLUDED: ClassVar[tuple[str, ...]] = (
         "normalize",
         "template",
@@ -114,6 +114,7 @@ class ServerConfig:
         "trust_remote_code",
         "family",
         "instruction",
+        "cutoff_layer",
     )
 
     model: str = DEFAULT_MODEL
