@@ -28,13 +28,17 @@ setting chosen by ``--folds``-fold cross-validation on the *other* queries):
    ``verdicts_for``). Corpus embeddings are cached as ``.npy`` in ``--out``.
 3. Cranfield, all queries (split ``all``), the given BM25 lists: as 1.
 4. Calibration on SciFact dev (the BM25 candidates of 1.): the queries are split in two by a
-   seeded shuffle; Platt (and isotonic) are fitted on one half with ``fit_calibration`` and
-   measured on the other: ECE (10 bins) of each, and with ``score_threshold=0.5`` on the
-   calibrated probabilities the precision of the kept pairs against their mean probability.
-   The reliability diagram of the measured half goes to ``--out``.
+   seeded shuffle; Platt, beta (and isotonic) are fitted on one half with ``fit_calibration``,
+   which also chooses one by cross-validated log loss over that half's queries
+   (``--calibration-method`` overrides it), and measured on the other: ECE (10 bins) and log
+   loss of each, and with ``score_threshold=0.5`` the pairs kept, their precision and their
+   mean probability. The reliability diagram of the measured half goes to ``--out``.
 
 Each (query, passage) pair is scored once (raw logits), whatever the number of runs that use
-it. The tables are printed as Markdown, and written with all figures to ``--out``
+it, and its raw score is kept on disk (``--scores-cache``, default ``--out``/score_cache: one
+JSON file per model weights, dataset, split, first stage, ``max_length`` and ``top_k``), so a
+second run with another calibration or fusion setting scores nothing; ``--no-scores-cache``
+turns it off. The tables are printed as Markdown, and written with all figures to ``--out``
 (``fusion_scifact.md``, ``fusion_scifact.json``).
 """
 
@@ -45,6 +49,7 @@ import json
 import logging
 import os
 import random
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,59 +60,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 logger = logging.getLogger("fusion_scifact")
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from fusion_bench_helpers import RawScores, ScoreCache, calibration_table  # noqa: E402
+
 KS = (1, 3, 5, 10)
 METRIC = "ndcg@10"
-THRESHOLD = 0.5
-
-
-class RawScores:
-    """A scorer wrapper that asks for raw logits and remembers them, pair by pair.
-
-    The evaluation code calls ``score_many(..., normalize=False)`` (this wrapper has no
-    ``normalize`` attribute, so the reranker's column is ranked by the logits: the sigmoid's
-    order, without its ties at saturation). Pairs already scored are not scored again, so the
-    dense run only scores the candidates BM25 did not bring, and the calibration reuses them.
-    """
-
-    def __init__(self, scorer: Any, label: str) -> None:
-        self.scorer = scorer
-        self.model_name = label
-        self.template = scorer.template
-        self.pairs_scored = 0
-        self._raw: dict[tuple[str, str], float] = {}
-
-    def score_many(
-        self,
-        queries: Sequence[str],
-        candidates: Sequence[Sequence[str]],
-        *,
-        normalize: bool | None = None,
-        show_progress_bar: bool | None = None,
-    ) -> list[list[float]]:
-        if normalize:
-            raise ValueError("RawScores returns raw logits only: normalize must be False/None")
-        todo: dict[str, dict[str, None]] = {}  # query -> its new passages, in order
-        for query, passages in zip(queries, candidates):
-            for passage in passages:
-                if (query, passage) not in self._raw:
-                    todo.setdefault(query, {})[passage] = None
-        if todo:
-            lists = [list(p) for p in todo.values()]
-            got = self.scorer.score_many(
-                list(todo), lists, normalize=False, show_progress_bar=show_progress_bar
-            )
-            for (query, passages), scores in zip(zip(todo, lists), got):
-                self._raw.update({(query, p): float(s) for p, s in zip(passages, scores)})
-                self.pairs_scored += len(passages)
-        return [[self._raw[(q, p)] for p in ps] for q, ps in zip(queries, candidates)]
-
-    def lookup(self, data: Any, query: Any) -> list[float]:
-        """The raw scores of an ``EvalQuery``'s candidates (scored earlier)."""
-        from bge_rerank_plugins.fields import as_template
-
-        template = as_template(self.template)
-        texts = [template.render(data.corpus[d]) for d in query.doc_ids]
-        return self.score_many([query.text], [texts])[0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -125,6 +82,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--skip-cranfield", action="store_true")
     parser.add_argument("--skip-dense", action="store_true")
+    parser.add_argument(
+        "--scores-cache", type=Path, default=None,
+        help="folder of the raw-score cache (default: --out/score_cache)",
+    )  # fmt: skip
+    parser.add_argument("--no-scores-cache", action="store_true", help="score every pair again")
+    parser.add_argument(
+        "--calibration-method", choices=["auto", "platt", "beta", "isotonic"], default="auto",
+        help="the calibration fit_calibration stores (auto: the lowest CV log loss)",
+    )  # fmt: skip
     return parser.parse_args(argv)
 
 
@@ -296,13 +262,9 @@ def summary_markdown(rows: Sequence[dict[str, Any]]) -> str:
 def calibration_figures(
     raw: RawScores, data: Any, queries: Sequence[Any], args: argparse.Namespace
 ) -> tuple[str, dict[str, Any]]:
-    """Fit on a seeded half of the queries, measure ECE and the 0.5 threshold on the other."""
-    from bge_rerank_plugins.calibration import convert_scores, fit_isotonic, sigmoid
-    from bge_rerank_plugins.evaluation import (
-        expected_calibration_error,
-        fit_calibration,
-        plot_reliability,
-    )
+    """Fit on a seeded half of the queries, measure each method on the other half."""
+    from bge_rerank_plugins.evaluation import plot_reliability
+    from bge_rerank_plugins.evaluation.calibration_report import THRESHOLD
 
     order = [q for q in queries if q.doc_ids]
     random.Random(args.seed).shuffle(order)
@@ -316,35 +278,10 @@ def calibration_figures(
 
     fit_x, fit_y = pairs(fit_q)
     test_x, test_y = pairs(test_q)
-    calibration, report = fit_calibration(fit_x, fit_y, folds=args.folds, seed=args.seed)
-    flat_x = [x for xs in test_x for x in xs]
-    labels = [y for ys in test_y for y in ys]
-    curves = {
-        "sigmoid (uncalibrated)": [sigmoid(x) for x in flat_x],
-        "platt": [calibration.platt(x) for x in flat_x],
-    }
-    isotonic_note = "fitted by fit_calibration"
-    isotonic = calibration.isotonic
-    if isotonic is None:  # below the library's data minimum: fitted here, for the figure only
-        isotonic = fit_isotonic([x for xs in fit_x for x in xs], [y for ys in fit_y for y in ys])
-        isotonic_note = "too few pairs for fit_calibration: fitted here, not used by the library"
-    curves["isotonic"] = [isotonic(x) for x in flat_x]
-    chosen = f"calibrated ({calibration.method})"
-    curves[chosen] = convert_scores(flat_x, "calibrated", calibration)
-    rows, figures = [], {}
-    for name, probs in curves.items():
-        ece = expected_calibration_error(probs, labels)
-        kept = [(p, y) for p, y in zip(probs, labels) if p >= THRESHOLD]
-        precision = sum(y for _, y in kept) / len(kept) if kept else float("nan")
-        mean_p = sum(p for p, _ in kept) / len(kept) if kept else float("nan")
-        gap = abs(precision - mean_p) if kept else float("nan")
-        figures[name] = {"ece": ece, "kept": len(kept), "precision": precision, "mean_p": mean_p}
-        met = ""
-        if name == chosen:
-            gap_met = "n/a (none kept)" if not kept else ("yes" if gap <= 0.1 else "NO")
-            met = f"ECE {'yes' if ece <= 0.05 else 'NO'}, gap {gap_met}"
-        cells = [f"{v:.3f}" if kept else "-" for v in (precision, mean_p, gap)]
-        rows.append(f"| {name} | {ece:.4f} | {len(kept)} | " + " | ".join(cells) + f" | {met} |")
+    rows, extra, curves, labels = calibration_table(
+        fit_x, fit_y, test_x, test_y, folds=args.folds, seed=args.seed,
+        method=args.calibration_method,
+    )  # fmt: skip
     png = args.out / "reliability_scifact_dev.png"
     try:
         plot_reliability(curves, labels, png, title="SciFact dev, held-out half (BM25 top-k)")
@@ -355,24 +292,15 @@ def calibration_figures(
         f"Calibration on SciFact dev, BM25 top {args.top_k}: fitted on {len(fit_q)} queries "
         f"({sum(map(len, fit_y))} pairs, {sum(map(sum, fit_y))} relevant), measured on the other "
         f"{len(test_q)} ({len(labels)} pairs, {sum(labels)} relevant); split seed {args.seed}. "
-        f"Isotonic: {isotonic_note}. Threshold {THRESHOLD} on the probabilities.",
+        f"Isotonic: {extra['isotonic']}. Threshold {THRESHOLD} on the probabilities. The fit "
+        f"chose **{extra['method']}** ({extra['choice']}); 'fit-half CV log loss' is the "
+        "figure it chose by, never the measured half.",
         "",
-        "| scores | ECE (10 bins) | kept | precision of kept | mean prob. of kept | gap "
-        "| target (ECE <= 0.05, gap <= 0.1) |",
-        "|---|---:|---:|---:|---:|---:|---|",
     ]
-    extra = {
-        "fit_queries": len(fit_q),
-        "test_queries": len(test_q),
-        "test_pairs": len(labels),
-        "test_relevant": sum(labels),
-        "method": calibration.method,
-        "platt": {"a": calibration.platt.a, "b": calibration.platt.b},
-        "fit_report": report.to_dict(),
-        "isotonic": isotonic_note,
-        "curves": figures,
-        "reliability_png": None if png is None else str(png),
-    }
+    extra.update(
+        fit_queries=len(fit_q), test_queries=len(test_q), test_pairs=len(labels),
+        test_relevant=sum(labels), reliability_png=None if png is None else str(png),
+    )  # fmt: skip
     return "\n".join(head + rows), extra
 
 
@@ -388,16 +316,24 @@ def main(argv: list[str] | None = None) -> int:
     scorer = CrossEncoderScorer(
         args.model, max_length=args.max_length, device=args.device, batch_size=args.batch_size
     )
-    raw = RawScores(scorer, Path(str(args.model)).name or str(args.model))
+    cache = None
+    if not args.no_scores_cache:
+        folder = args.scores_cache or args.out / "score_cache"
+        cache = ScoreCache(folder, str(args.model), args.max_length, args.top_k)
+    raw = RawScores(scorer, Path(str(args.model)).name or str(args.model), cache)
     sections: list[str] = []
     rows: list[dict[str, Any]] = []
-    details: dict[str, Any] = {"model": str(args.model)}
+    details: dict[str, Any] = {"model": str(args.model), "scores_cache": None}
+    if cache is not None:
+        details["scores_cache"] = str(cache.folder)
     start = time.perf_counter()
 
     scifact = load_beir(args.data_dir / "scifact", "dev")
     bm25_q, _, skipped = prepare_queries(
         scifact, top_k=args.top_k, max_queries=args.max_queries, candidates="given"
     )
+    bm25 = "bm25 (given lists)"
+    raw.section("scifact", "dev", bm25)
     cmp_bm25 = given_comparison(raw, scifact, args)
     fit = fusion_fit(raw, scifact, bm25_q, args, with_scores=False)
     rows.append(summary_row("SciFact dev, BM25", cmp_bm25, fit, "fused >= max + 0.01"))
@@ -406,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_dense:
         dense_q = dense_queries(scifact, bm25_q, args)
         name = "MiniLM bi-encoder"
+        raw.section("scifact", "dev", f"minilm cosine (len {args.encoder_max_length})")
         cmp_dense = prepared_comparison(raw, scifact, dense_q, name, skipped, args)
         fit = fusion_fit(raw, scifact, dense_q, args)
         ranks_only = fusion_fit(raw, scifact, dense_q, args, with_scores=False)
@@ -422,12 +359,15 @@ def main(argv: list[str] | None = None) -> int:
         cran_q, _, _ = prepare_queries(
             cranfield, top_k=args.top_k, max_queries=args.max_queries, candidates="given"
         )
+        raw.section("cranfield", "all", bm25)
         cmp_cran = given_comparison(raw, cranfield, args)
         fit = fusion_fit(raw, cranfield, cran_q, args, with_scores=False)
         rows.append(summary_row("Cranfield all, BM25", cmp_cran, fit, "fused >= first - 0.005"))
         sections.append(f"### Cranfield (all), BM25 top {args.top_k}\n\n{cmp_cran.to_markdown()}")
 
+    raw.section("scifact", "dev", bm25)  # its pairs are in memory already; none scored here
     calib_md, details["calibration"] = calibration_figures(raw, scifact, bm25_q, args)
+    raw.flush()
     seconds = time.perf_counter() - start
     text = "\n\n".join(
         [
@@ -436,7 +376,8 @@ def main(argv: list[str] | None = None) -> int:
             summary_markdown(rows),
             "Fused figures are held-out (each query fused with the setting chosen on the other "
             "folds); 'fusion (all queries)' is the setting chosen on every query, the one "
-            f"`bge-rerank fit` would store. {raw.pairs_scored} pairs scored in {seconds:.0f} s.",
+            f"`bge-rerank fit` would store. {raw.pairs_scored} pairs scored and "
+            f"{raw.pairs_from_cache} read from the score cache, in {seconds:.0f} s.",
             *sections,
             "### Calibration\n\n" + calib_md,
         ]

@@ -104,12 +104,12 @@ def test_fit_calibration_uses_isotonic_only_with_enough_data(tmp_path: Path) -> 
     small_raw, small_labels = data(10)  # 200 pairs: below the threshold
     small, report = fit_calibration(small_raw, small_labels, folds=5)
     assert small.isotonic is None and small.method == "platt"
-    assert set(report.probabilities) == {"sigmoid", "platt"}
+    assert set(report.probabilities) == {"sigmoid", "platt", "beta"}
     big_raw, big_labels = data(ISOTONIC_MIN_PAIRS // 20 + 10)
     big, report = fit_calibration(big_raw, big_labels, folds=5)
     assert big.isotonic is not None
     assert report.ece["isotonic"] < report.ece["sigmoid"]
-    assert big.method == ("isotonic" if report.ece["isotonic"] < report.ece["platt"] else "platt")
+    assert big.method in ("platt", "beta", "isotonic") and big.method == report.chosen
     assert "held-out ECE" in report.summary()
     png = plot_reliability(report.probabilities, report.labels, tmp_path / "reliability.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -264,7 +264,8 @@ def test_cli_fit_then_info(tiny_bert: Path, tmp_path: Path, capsys) -> None:
     out = capsys.readouterr().out
     assert "calibration: " in out and "fusion: " in out and "held-out ndcg@10" in out
     assert main(["info", str(model), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["calibration"]["schema_version"] == 1
+    facts = json.loads(capsys.readouterr().out)["calibration"]
+    assert facts["schema_version"] == (2 if facts["method"] == "beta" else 1)
     # a Hub id cannot take the file: --out or --dry-run is needed, said before loading
     assert main(["fit", "--model", "BAAI/bge-reranker-base", "--data", str(data)]) == 1
     assert "--out" in capsys.readouterr().err
@@ -282,3 +283,20 @@ def test_cli_score_calibrated(calibrated_model: Path, capsys) -> None:
     printed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     want = CrossEncoderScorer(calibrated_model, normalize="calibrated").score("panda", passages)
     assert sorted(r["score"] for r in printed) == pytest.approx(sorted(want))
+
+
+def test_cli_fit_calibration_method_flag(tiny_bert: Path, tmp_path: Path, capsys) -> None:
+    from bge_rerank_plugins.cli import main
+
+    data, out = _folder(tmp_path), tmp_path / "out"
+    argv = ["fit", "--model", str(tiny_bert), "--data", str(data), "--folds", "3", "--out"]
+    assert main([*argv, str(out), "--calibration-method", "beta"]) == 0
+    assert "using beta (asked for)" in capsys.readouterr().out
+    saved = Calibration.load(out)
+    assert saved.method == "beta" and saved.beta is not None
+    assert main(["info", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "calibration: beta (schema 2)" in printed and f"beta: a={saved.beta.a:.4g}" in printed
+    assert "held-out log loss: " in printed
+    with pytest.raises(SystemExit):
+        main([*argv, str(out), "--calibration-method", "temperature"])

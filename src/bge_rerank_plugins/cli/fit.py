@@ -2,7 +2,8 @@
 
 Scores the split's first-stage candidates once, fits the fusion with the first stage (nDCG@k,
 K-fold cross-validation over queries) and the calibration of the raw logits into probabilities
-(Platt; isotonic with enough data), prints the held-out figures and writes
+(Platt, beta, isotonic with enough data; ``--calibration-method auto`` keeps the one with the
+lowest held-out log loss over queries), prints the held-out figures and writes
 ``reranker_calibration.json`` into the model folder (``--out`` elsewhere; ``--dry-run``:
 nowhere). ``--reliability`` also draws the reliability diagram.
 
@@ -46,6 +47,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         choices=["auto", "blend", "rrf"],
         default="auto",
         help="fusion method; auto: the better of the two on the training folds",
+    )
+    parser.add_argument(
+        "--calibration-method",
+        choices=["auto", "platt", "beta", "isotonic"],
+        default="auto",
+        help="calibration stored for normalize='calibrated'; auto: the lowest cross-validated "
+        "log loss over queries (isotonic only with >= 1000 pairs, 50 of each label)",
     )
     parser.add_argument("--folds", type=positive_int, default=5, help="K of the K-fold CV")
     parser.add_argument("--k", type=positive_int, default=10, help="nDCG cut-off to maximise")
@@ -98,6 +106,7 @@ def run(args: argparse.Namespace) -> int:
         folds=args.folds,
         k=args.k,
         seed=args.seed,
+        calibration_method=args.calibration_method,
     )
     print(result.summary())
     if args.reliability:

@@ -62,10 +62,12 @@ def _text(facts: dict[str, Any]) -> str:
             "normalize='calibrated'"
         )
         return "\n".join(lines)
-    platt = cal["platt"]
+    platt, beta = cal["platt"], cal.get("beta")
     lines.append(
         f"calibration: {cal['method']} (schema {cal['schema_version']}); Platt a={platt['a']:.4g}"
-        f" b={platt['b']:.4g}; isotonic: "
+        f" b={platt['b']:.4g}; beta: "
+        + ("none" if beta is None else f"a={beta['a']:.4g} b={beta['b']:.4g} c={beta['c']:.4g}")
+        + "; isotonic: "
         + ("none" if cal["isotonic"] is None else f"{len(cal['isotonic']['x'])} points")
     )
     info = cal.get("info") or {}
@@ -77,6 +79,9 @@ def _text(facts: dict[str, Any]) -> str:
         ece = (info.get("calibration_fit") or {}).get("ece_heldout")
         if ece:
             lines.append("  held-out ECE: " + ", ".join(f"{k} {v}" for k, v in ece.items()))
+        loss = (info.get("calibration_fit") or {}).get("log_loss_heldout")
+        if loss:
+            lines.append("  held-out log loss: " + ", ".join(f"{k} {v}" for k, v in loss.items()))
     fusion = cal.get("fusion")
     if fusion:
         fit = info.get("fusion_fit") or {}

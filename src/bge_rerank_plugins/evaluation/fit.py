@@ -3,8 +3,9 @@
 One call scores every (query, candidate) pair once (raw logits) and fits, with K-fold
 cross-validation over queries, (a) the fusion with the first stage that maximises nDCG@k
 (:mod:`~bge_rerank_plugins.evaluation.fusion_fit`) and (b) the calibration of the raw logits into
-probabilities of relevance (:mod:`bge_rerank_plugins.calibration`): Platt scaling always,
-isotonic regression when there is enough data; the figures reported are the held-out ones.
+probabilities of relevance (:mod:`bge_rerank_plugins.calibration`): Platt scaling and beta
+calibration always, isotonic regression when there is enough data, the stored method chosen by
+held-out log loss over queries; the figures reported are the held-out ones.
 :meth:`FitResult.save` writes both to ``reranker_calibration.json`` in the model folder, where
 the scorer finds it (``normalize="calibrated"``).
 
@@ -18,8 +19,11 @@ relevant, for candidates drawn like these (the same first stage and ``top_k``).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
+import itertools
 import logging
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,14 +32,16 @@ from typing import Any
 
 from ..beir import BeirDataset
 from ..calibration import (
+    CALIBRATION_METHODS,
     ISOTONIC_MIN_EACH,
     ISOTONIC_MIN_PAIRS,
     Calibration,
+    fit_beta,
     fit_isotonic,
     fit_platt,
     sigmoid,
 )
-from .calibration_report import CalibrationReport
+from .calibration_report import CalibrationReport, log_loss
 from .candidates import prepare_queries, resolve_source, resolve_template
 from .fusion_fit import FusionFit, FusionSample, cross_validate_fusion, fold_ids
 from .runner import as_dataset, as_scorer, system_name
@@ -82,18 +88,48 @@ class FitResult:
         return self.fusion.summary() + "\n" + self.report.summary()
 
 
+def _choose_method(per_query: dict[str, list[float]], candidates: Sequence[str]) -> tuple[str, str]:
+    """The method whose held-out log loss wins, simplest first, by the one-standard-error rule.
+
+    ``per_query``: method -> each query's summed held-out log loss. Going down ``candidates``
+    (platt, beta, isotonic), a method replaces the best so far only when its total is lower by
+    more than one standard error of the paired per-query differences: an extra degree of
+    freedom has to pay for itself on queries it was not fitted on, not win by noise.
+    """
+    best = candidates[0]
+    for name in candidates[1:]:
+        gains = [b - n for b, n in zip(per_query[best], per_query[name])]
+        q = len(gains)
+        mean = sum(gains) / q
+        spread = math.sqrt(sum((g - mean) ** 2 for g in gains) / max(q - 1, 1) / q)
+        if mean > spread:
+            best = name
+    why = (
+        f"{len(per_query[best])}-query CV log loss, one-standard-error rule, simplest first: "
+        + " < ".join(candidates)
+    )
+    return best, why
+
+
 def fit_calibration(
     raw: Sequence[Sequence[float]],
     labels: Sequence[Sequence[bool]],
     *,
     folds: int = 5,
     seed: int = 0,
+    method: str = "auto",
 ) -> tuple[Calibration, CalibrationReport]:
-    """Platt (and, with enough data, isotonic) calibration of per-query raw scores.
+    """Platt, beta (and, with enough data, isotonic) calibration of per-query raw scores.
 
     Held-out probabilities come from fits on the other folds (folds over queries); the stored
-    maps are fitted on everything. Isotonic is used when fitted and its held-out ECE is lower.
+    maps are fitted on everything. ``method="auto"`` stores the method with the lowest held-out
+    log loss (:func:`_choose_method`); ``"platt"``, ``"beta"`` or ``"isotonic"`` store that one
+    (isotonic is then fitted whatever the amount of data, with a warning below the minimum).
     """
+    if method != "auto" and method not in CALIBRATION_METHODS:
+        raise ValueError(
+            f"calibration method must be 'auto' or one of {CALIBRATION_METHODS}, got {method!r}"
+        )
     n = len(raw)
     if n < 2:
         raise ValueError(f"calibration needs at least 2 labelled queries, got {n}")
@@ -113,30 +149,56 @@ def fit_calibration(
             "calibration needs relevant and non-relevant candidates; these labels are all "
             f"{'relevant' if positives else 'not relevant'}"
         )
+    if method == "isotonic" and not enough:
+        logger.warning(
+            "calibration method 'isotonic' asked for on %d pairs (%d relevant), below the "
+            "%d pairs / %d of each it needs to be reliable; fitting it anyway",
+            len(flat_y), positives, ISOTONIC_MIN_PAIRS, ISOTONIC_MIN_EACH,
+        )  # fmt: skip
+    with_isotonic = enough or method == "isotonic"
+    fitters = {"platt": fit_platt, "beta": fit_beta}
+    if with_isotonic:
+        fitters["isotonic"] = fit_isotonic
     curves: dict[str, list[float]] = {"sigmoid": [sigmoid(x) for x in flat_x]}
-    curves["platt"] = [0.0] * len(flat_x)
-    if enough:
-        curves["isotonic"] = [0.0] * len(flat_x)
+    curves.update({name: [0.0] * len(flat_x) for name in fitters})
     for fold in range(folds):
         train = [i for i, f in enumerate(fold_of) if f != fold]
         test = [i for i, f in enumerate(fold_of) if f == fold]
-        xs, ys = [flat_x[i] for i in train], [flat_y[i] for i in train]
-        if not test or len(set(ys)) < 2:
+        if not test:
             continue
-        platt = fit_platt(xs, ys)
-        for i in test:
-            curves["platt"][i] = platt(flat_x[i])
-        if enough:
-            iso = fit_isotonic(xs, ys)
+        xs, ys = [flat_x[i] for i in train], [flat_y[i] for i in train]
+        for name, fit in fitters.items():  # every fit copes with one class (smoothed targets)
+            mapping = fit(xs, ys)
             for i in test:
-                curves["isotonic"][i] = iso(flat_x[i])
-    report = CalibrationReport(flat_y, curves, chosen="platt")
-    if enough and report.ece["isotonic"] < report.ece["platt"]:
-        report.chosen = "isotonic"
+                curves[name][i] = mapping(flat_x[i])
+    # each query's summed held-out log loss, per method: the unit the choice resamples
+    bounds = [0]
+    for scores in raw:
+        bounds.append(bounds[-1] + len(scores))
+    per_query = {
+        name: [
+            log_loss(curves[name][lo:hi], flat_y[lo:hi], total=True)
+            for lo, hi in itertools.pairwise(bounds)
+        ]
+        for name in fitters
+    }
+    if method == "auto":
+        chosen, why = _choose_method(per_query, list(fitters))
+    else:
+        chosen, why = method, "asked for"
+    report = CalibrationReport(flat_y, curves, chosen=chosen, choice=why)
+    logger.info(
+        "calibration: held-out log loss %s; ECE %s; chose %s (%s)",
+        ", ".join(f"{k} {v:.5f}" for k, v in report.log_loss.items()),
+        ", ".join(f"{k} {v:.4f}" for k, v in report.ece.items()),
+        chosen,
+        why,
+    )
     calibration = Calibration(
         platt=fit_platt(flat_x, flat_y),
-        isotonic=fit_isotonic(flat_x, flat_y) if enough else None,
-        method=report.chosen,
+        isotonic=fit_isotonic(flat_x, flat_y) if with_isotonic else None,
+        beta=fit_beta(flat_x, flat_y),
+        method=chosen,
     )
     return calibration, report
 
@@ -217,6 +279,7 @@ def fit_fusion(
     k: int = 10,
     seed: int = 0,
     show_progress_bar: bool | None = None,
+    calibration_method: str = "auto",
 ) -> FitResult:
     """Fit the fusion weight (max nDCG@``k``, K-fold CV) and the calibration of ``scorer``.
 
@@ -230,6 +293,8 @@ def fit_fusion(
             :func:`~bge_rerank_plugins.evaluation.evaluate_reranker` (BEIR data only, except
             relevance_threshold).
         method: ``"blend"``, ``"rrf"`` or ``"auto"`` (the better on the training folds).
+        calibration_method: ``"platt"``, ``"beta"``, ``"isotonic"`` or ``"auto"`` (the lowest
+            held-out log loss; see :func:`fit_calibration`).
         folds: K of the cross-validation over queries; ``k``: the nDCG cut-off; ``seed``:
             fixes the folds.
 
@@ -256,7 +321,11 @@ def fit_fusion(
     fusion = cross_validate_fusion(samples, method=method, folds=folds, k=k, seed=seed)
     labels = [[s.grades.get(d, 0) >= relevance_threshold for d in s.doc_ids] for s in samples]
     calibration, report = fit_calibration(
-        [s.reranker_scores for s in samples], labels, folds=folds, seed=seed
+        [s.reranker_scores for s in samples],
+        labels,
+        folds=folds,
+        seed=seed,
+        method=calibration_method,
     )
     info = {
         "model": system_name(model),
@@ -268,12 +337,6 @@ def fit_fusion(
         "fusion_fit": fusion.to_dict(),
         "calibration_fit": report.to_dict(),
     }
-    calibration = Calibration(
-        platt=calibration.platt,
-        isotonic=calibration.isotonic,
-        method=calibration.method,
-        fusion=fusion.config,
-        info=info,
-    )
+    calibration = dataclasses.replace(calibration, fusion=fusion.config, info=info)
     logger.info("fit_fusion: %s", fusion.summary().replace("\n", ";"))
     return FitResult(fusion, calibration, report)

@@ -9,16 +9,22 @@ the probability that the passage is relevant:
 * **Platt scaling** (``"platt"``): ``p = sigmoid(a * logit + b)``, a logistic regression on the
   raw logit (Platt's smoothed targets, so it never gives exactly 0 or 1). Temperature scaling
   is its special case ``b = 0``. Two parameters: it works from a few hundred pairs.
+* **Beta calibration** (``"beta"``, Kull, Silva Filho & Flach 2017): ``p = sigmoid(a * log s -
+  b * log(1 - s) + c)`` with ``s = sigmoid(logit)`` and ``a, b >= 0``: one slope for the low
+  scores and another for the high ones (``a = b`` is Platt), for a reranker whose top scores
+  deserve more confidence than one Platt slope, fitted mostly by the many negatives, gives.
 * **Isotonic regression** (``"isotonic"``, pool-adjacent-violators): any non-decreasing map,
   linear between the fitted points and flat beyond them. It needs more data; it is fitted only
   when there are at least :data:`ISOTONIC_MIN_PAIRS` pairs with :data:`ISOTONIC_MIN_EACH`
-  relevant and as many non-relevant ones, and used when its held-out error is lower.
+  relevant and as many non-relevant ones.
 
-Both, the chosen one and (optionally) a fitted :class:`~bge_rerank_plugins.fusion.FusionConfig`
-are written to ``reranker_calibration.json`` (:data:`CALIBRATION_FILE`) in the model folder. The
-scorer loads that file when present: ``normalize="calibrated"`` then returns probabilities, so
-an adapter's ``score_threshold=0.5`` means "at least an even chance of being relevant". The
-probabilities hold for data like the labelled data (its domain, first stage and ``top_k``).
+The fit (:func:`~bge_rerank_plugins.evaluation.fit_calibration`) picks the method by
+cross-validated log loss over queries. The maps, the chosen method and (optionally) a fitted
+:class:`~bge_rerank_plugins.fusion.FusionConfig` are written to ``reranker_calibration.json``
+(:data:`CALIBRATION_FILE`) in the model folder. The scorer loads that file when present:
+``normalize="calibrated"`` then returns probabilities, so an adapter's ``score_threshold=0.5``
+means "at least an even chance of being relevant". The probabilities hold for data like the
+labelled data (its domain, first stage and ``top_k``).
 
 >>> cal = Calibration(platt=PlattScaling(a=2.0, b=-1.0))
 >>> round(cal.probability(0.5), 3), round(cal.probability(3.0), 3)
@@ -29,24 +35,26 @@ True
 
 from __future__ import annotations
 
-import bisect
 import json
 import logging
-import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import RerankerError
-from .fusion import FusionConfig
+from ..errors import RerankerError
+from ..fusion import FusionConfig
+from .maps import BetaCalibration, IsotonicMap, PlattScaling, fit_beta, fit_isotonic, fit_platt
+from .maps import sigmoid as sigmoid
 
 __all__ = [
     "CALIBRATION_FILE",
     "ISOTONIC_MIN_EACH",
     "ISOTONIC_MIN_PAIRS",
+    "CALIBRATION_METHODS",
     "SCHEMA_VERSION",
+    "BetaCalibration",
     "Calibration",
     "CalibrationMissingError",
     "IsotonicMap",
@@ -54,6 +62,7 @@ __all__ = [
     "convert_scores",
     "find_calibration",
     "model_calibration",
+    "fit_beta",
     "fit_isotonic",
     "fit_platt",
     "sigmoid",
@@ -63,8 +72,12 @@ logger = logging.getLogger(__name__)
 
 #: The file in a model folder that holds its calibration and fusion settings.
 CALIBRATION_FILE = "reranker_calibration.json"
-#: The version of that file's layout; a file of a newer version is refused, never misread.
-SCHEMA_VERSION = 1
+#: The newest version of that file's layout; a file of a newer version is refused, never
+#: misread. Version 2 added beta calibration; a file is written as version 1 unless its method
+#: is ``"beta"``, so that older releases still read every file they can use.
+SCHEMA_VERSION = 2
+#: The values of :attr:`Calibration.method`.
+CALIBRATION_METHODS = ("platt", "beta", "isotonic")
 #: Isotonic regression is fitted only on at least this many pairs ...
 ISOTONIC_MIN_PAIRS = 1000
 #: ... of which at least this many are relevant and this many are not.
@@ -75,122 +88,6 @@ class CalibrationMissingError(RerankerError, ValueError):
     """``normalize="calibrated"`` for a model whose folder has no calibration file."""
 
 
-def sigmoid(x: float) -> float:
-    """The logistic function of a finite raw score, without overflow: the one used for every
-    score in [0, 1] (``normalize=True`` in the scorer, the server's per-request sigmoid)."""
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
-@dataclass(frozen=True)
-class PlattScaling:
-    """``p = sigmoid(a * logit + b)``."""
-
-    a: float
-    b: float
-
-    def __call__(self, raw: float) -> float:
-        return sigmoid(self.a * raw + self.b)
-
-
-@dataclass(frozen=True)
-class IsotonicMap:
-    """A non-decreasing map: linear between the points ``(xs[i], ys[i])``, flat beyond them."""
-
-    xs: tuple[float, ...]
-    ys: tuple[float, ...]
-
-    def __post_init__(self) -> None:
-        if len(self.xs) != len(self.ys) or not self.xs:
-            raise ValueError("an isotonic map needs as many ys as xs, and at least one point")
-        if any(b < a for a, b in zip(self.xs, self.xs[1:])):
-            raise ValueError("isotonic xs must be sorted")
-        if any(b < a for a, b in zip(self.ys, self.ys[1:])):
-            raise ValueError("isotonic ys must be non-decreasing")
-
-    def __call__(self, raw: float) -> float:
-        xs, ys = self.xs, self.ys
-        if raw <= xs[0]:
-            return ys[0]
-        if raw >= xs[-1]:
-            return ys[-1]
-        j = bisect.bisect_right(xs, raw)
-        x0, x1, y0, y1 = xs[j - 1], xs[j], ys[j - 1], ys[j]
-        return y0 if x1 == x0 else y0 + (y1 - y0) * (raw - x0) / (x1 - x0)
-
-
-def fit_platt(raw: Sequence[float], labels: Sequence[bool], iterations: int = 100) -> PlattScaling:
-    """Platt scaling fitted by Newton's method, with Platt's smoothed targets.
-
-    The targets are ``(n+ + 1) / (n+ + 2)`` for relevant pairs and ``1 / (n- + 2)`` for the
-    others, so a separable sample does not send ``a`` to infinity.
-
-    >>> cal = fit_platt([-2.0, -1.0, 0.0, 1.0, 2.0, 3.0], [0, 0, 1, 0, 1, 1])
-    >>> cal.a > 0
-    True
-    """
-    import numpy as np
-
-    if len(raw) != len(labels) or not len(raw):
-        raise ValueError("fit_platt needs one label per score and at least one score")
-    x = np.asarray(raw, dtype=np.float64)
-    y = np.asarray(labels, dtype=bool)
-    positives = int(y.sum())
-    negatives = len(y) - positives
-    t = np.where(y, (positives + 1) / (positives + 2), 1 / (negatives + 2))
-    params = np.array([1.0, math.log((positives + 1) / (negatives + 1))])
-
-    def loss(ab: Any) -> float:
-        z = ab[0] * x + ab[1]  # log(1 + e^z) - t z, without overflow
-        return float(np.sum(np.logaddexp(0.0, z) - t * z))
-
-    current = loss(params)
-    for _ in range(iterations):
-        p = 1.0 / (1.0 + np.exp(-(params[0] * x + params[1])))
-        d, w = p - t, np.maximum(p * (1 - p), 1e-12)
-        grad = np.array([np.sum(d * x), np.sum(d)])
-        hess = np.array([[np.sum(w * x * x) + 1e-9, np.sum(w * x)], [np.sum(w * x), np.sum(w)]])
-        step = np.linalg.solve(hess + np.eye(2) * 1e-9, grad)
-        scale = 1.0
-        while scale > 1e-8:  # backtracking: a step never makes the loss worse
-            new = loss(params - scale * step)
-            if new <= current:
-                break
-            scale /= 2
-        else:
-            break
-        params = params - scale * step
-        done = current - new < 1e-10 * max(1.0, abs(current))
-        current = new
-        if done:
-            break
-    return PlattScaling(a=float(params[0]), b=float(params[1]))
-
-
-def fit_isotonic(raw: Sequence[float], labels: Sequence[bool]) -> IsotonicMap:
-    """Isotonic regression of the labels on the scores, by pool-adjacent-violators.
-
-    Each pooled block becomes one point (its mean score, its share of relevant pairs).
-
-    >>> fit_isotonic([0.0, 1.0, 2.0, 3.0], [0, 1, 0, 1])
-    IsotonicMap(xs=(0.0, 1.5, 3.0), ys=(0.0, 0.5, 1.0))
-    """
-    if len(raw) != len(labels) or not raw:
-        raise ValueError("fit_isotonic needs one label per score and at least one score")
-    # blocks: [sum of x, sum of y, count], merged while a block is not above the one before
-    blocks: list[list[float]] = []
-    for x, y in sorted(zip(map(float, raw), (1.0 if y else 0.0 for y in labels))):
-        blocks.append([x, y, 1.0])
-        while len(blocks) > 1 and blocks[-2][1] * blocks[-1][2] >= blocks[-1][1] * blocks[-2][2]:
-            sx, sy, n = blocks.pop()
-            blocks[-1][0] += sx
-            blocks[-1][1] += sy
-            blocks[-1][2] += n
-    return IsotonicMap(xs=tuple(b[0] / b[2] for b in blocks), ys=tuple(b[1] / b[2] for b in blocks))
-
-
 @dataclass(frozen=True)
 class Calibration:
     """A model's calibration (and, optionally, its fitted fusion), as stored in the model folder.
@@ -198,9 +95,10 @@ class Calibration:
     Attributes:
         platt: Platt scaling, always fitted.
         isotonic: the isotonic map, when there was enough data.
-        method: which one :meth:`probability` uses: ``"platt"`` or ``"isotonic"``.
+        method: which map :meth:`probability` uses: one of :data:`CALIBRATION_METHODS`.
         fusion: the fusion fitted on the same data (``None`` if not fitted).
         info: how it was fitted (data, pairs, held-out figures); free-form, JSON-ready.
+        beta: beta calibration (``None`` in files written before it existed).
     """
 
     platt: PlattScaling
@@ -208,17 +106,18 @@ class Calibration:
     method: str = "platt"
     fusion: FusionConfig | None = None
     info: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    beta: BetaCalibration | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in ("platt", "isotonic"):
-            raise ValueError(f"method must be 'platt' or 'isotonic', got {self.method!r}")
-        if self.method == "isotonic" and self.isotonic is None:
-            raise ValueError("method='isotonic' needs an isotonic map")
+        if self.method not in CALIBRATION_METHODS:
+            raise ValueError(f"method must be one of {CALIBRATION_METHODS}, got {self.method!r}")
+        if getattr(self, self.method) is None:
+            article = "an" if self.method == "isotonic" else "a"
+            raise ValueError(f"method={self.method!r} needs {article} {self.method} map")
 
     def probability(self, raw: float) -> float:
         """The probability that a pair with raw score (logit) ``raw`` is relevant."""
-        mapping = self.isotonic if self.method == "isotonic" else self.platt
-        return float(mapping(raw))  # type: ignore[misc]
+        return float(getattr(self, self.method)(raw))
 
     def probabilities(self, raw: Sequence[float]) -> list[float]:
         """:meth:`probability` of each raw score."""
@@ -226,10 +125,12 @@ class Calibration:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON-ready content of the calibration file."""
+        beta = self.beta
         return {
-            "schema_version": SCHEMA_VERSION,
+            "schema_version": 2 if self.method == "beta" else 1,
             "method": self.method,
             "platt": {"a": self.platt.a, "b": self.platt.b},
+            "beta": None if beta is None else {"a": beta.a, "b": beta.b, "c": beta.c},
             "isotonic": None
             if self.isotonic is None
             else {"x": list(self.isotonic.xs), "y": list(self.isotonic.ys)},
@@ -248,7 +149,7 @@ class Calibration:
                     f"schema_version {version!r} is not one this version reads (1 to "
                     f"{SCHEMA_VERSION}); upgrade bge-rerank-plugins or fit it again"
                 )
-            iso = data.get("isotonic")
+            iso, beta = data.get("isotonic"), data.get("beta")
             fusion = data.get("fusion")
             return cls(
                 platt=PlattScaling(a=float(data["platt"]["a"]), b=float(data["platt"]["b"])),
@@ -258,6 +159,7 @@ class Calibration:
                 method=data.get("method", "platt"),
                 fusion=None if fusion is None else FusionConfig.from_dict(fusion),
                 info=dict(data.get("info") or {}),
+                beta=None if beta is None else BetaCalibration(*(float(beta[k]) for k in "abc")),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"{where}: not a valid calibration file ({error})") from error
