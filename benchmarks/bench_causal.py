@@ -12,12 +12,17 @@ CrossEncoder (Transformer + LogitScore); peer: sentence-transformers ``CrossEnco
 heads, 1 key/value head of 256, MLP 16384, 256,000-row LM head); peer: FlagEmbedding
 ``FlagLLMReranker.compute_score``. Both tokenizers are byte-level BPEs trained on the workload.
 
-Ours runs in three modes (:mod:`bge_rerank_plugins.runtime.backends.causal`): ``full`` (the
-causal-LM forward with the whole vocabulary projection at every position: the reference),
-``last`` (the base model, then the LM head's one or two rows at the last token) and ``prefix``
-(also the instruction + query prefix computed once per query, its key/value cache reused).
-Everything runs in this one process, float32, after a warm-up; the figure is the median of
-``--repeats`` runs.
+Ours runs in five settings (:mod:`bge_rerank_plugins.runtime.backends.causal`), each step on top
+of the one before: ``full`` (the causal-LM forward with the whole vocabulary projection at every
+position: the reference); ``last`` (the base model, then the LM head's one or two rows at the last
+token; the last layer at every position); ``last, last-token layer`` (the last decoder layer's
+query, attention output and MLP at the last token only: :mod:`~bge_rerank_plugins.runtime.
+backends.causal_last_layer`); ``prefix`` (also the instruction + query prefix computed once per
+query, its key/value cache reused); ``prefix, length groups`` (the default: each batch's rows run
+in groups of similar length, so less padding is computed). Everything runs in this one process,
+float32, after one warm-up of each; the repeats are interleaved (each repeat times every run in
+turn, so a load change on a shared machine hits them all alike) and the figure is each run's
+median.
 """
 
 from __future__ import annotations
@@ -63,18 +68,43 @@ def build_shape(name: str, folder: Path, layers: int, texts: list[str]) -> Path:
     )
 
 
-def _timed(fn, pairs, repeats: int) -> tuple[float, list[float]]:
-    fn(pairs[: min(8, len(pairs))])
-    times, scores = [], []
+#: Our runs: (label, runner mode, last layer at the last token only, rows in length groups).
+OURS = (
+    ("ours, full", "full", False, False),
+    ("ours, last", "last", False, False),
+    ("ours, last, last-token layer", "last", True, False),
+    ("ours, prefix, last-token layer", "prefix", True, False),
+    ("ours, prefix, length groups (default)", "prefix", True, True),
+)
+
+
+def _interleaved(runs: dict, pairs, repeats: int) -> dict[str, tuple[float, list[float]]]:
+    """Each run's median seconds and scores: one warm-up of each, then ``repeats`` rounds that
+    time every run in turn."""
+    for fn in runs.values():
+        fn(pairs[: min(8, len(pairs))])
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    scores: dict[str, list[float]] = {}
     for _ in range(repeats):
-        start = time.perf_counter()
-        scores = fn(pairs)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), scores
+        for name, fn in runs.items():
+            start = time.perf_counter()
+            scores[name] = fn(pairs)
+            times[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times[name]), scores[name]) for name in runs}
+
+
+def _ours(scorer, mode: str, trim: bool, split: bool):
+    def run(pairs):
+        runner = scorer.runner
+        runner.mode, runner.trim_last_layer, runner.split_padding = mode, trim, split
+        runner.clear()  # every run computes its prefixes again
+        return scorer.score_pairs(pairs)
+
+    return run
 
 
 def run_causal(args, pairs: list[tuple[str, str]], source: str, root: Path) -> int:
-    """Build the shape, time ours (three modes) and the peer, print the table."""
+    """Build the shape, time our five settings (:data:`OURS`) and the peer, print the table."""
     import torch
 
     torch.set_num_threads(args.threads)
@@ -92,18 +122,16 @@ def run_causal(args, pairs: list[tuple[str, str]], source: str, root: Path) -> i
         batch_size=args.batch_size,
         show_progress_bar=False,
     )
-    lengths = [len(ids) for ids in scorer.encoder.encode(pairs)["input_ids"]]
-    shared = [t.index(1) for t in scorer.encoder.encode(pairs)["token_type_ids"]]
-    rows = []
-    for mode in ("full", "last", "prefix"):
-        scorer.runner.mode = mode
-        scorer.runner.clear()
-        seconds, scores = _timed(scorer.score_pairs, pairs, args.repeats)
-        rows.append((f"ours, mode={mode}", seconds, scores))
+    encoded = scorer.encoder.encode(pairs)
+    lengths = [len(ids) for ids in encoded["input_ids"]]
+    shared = [t.index(1) for t in encoded["token_type_ids"]]
+    runs = {label: _ours(scorer, *setting) for label, *setting in OURS}
     peer_name, peer = _peer(args, model)
-    seconds, reference = _timed(peer, pairs, args.repeats)
-    rows.append((peer_name, seconds, reference))
-    peer_rate = len(pairs) / seconds
+    runs[peer_name] = peer
+    timed = _interleaved(runs, pairs, args.repeats)
+    rows = [(label, *timed[label]) for label in runs]
+    reference = timed[peer_name][1]
+    peer_rate = len(pairs) / timed[peer_name][0]
     print(
         f"# bench_causal: {args.model} with {args.layers} layers (random weights), "
         f"{len(pairs)} pairs ({args.queries} queries), {source}"
@@ -112,7 +140,8 @@ def run_causal(args, pairs: list[tuple[str, str]], source: str, root: Path) -> i
         f"tokens per pair: median {statistics.median(lengths):.0f}, max {max(lengths)}; "
         f"shared prefix (instruction + query) median {statistics.median(shared):.0f} tokens; "
         f"threads {args.threads}, batch {args.batch_size}, max_length {args.max_length}, "
-        f"repeats {args.repeats}; torch {torch.__version__}; load average at start "
+        f"repeats {args.repeats} (interleaved); truncated by ours {encoded['truncated']} "
+        f"(the peer's limit is the model's); torch {torch.__version__}; load average at start "
         f"{load[0]:.2f} {load[1]:.2f} {load[2]:.2f} on {os.cpu_count()} CPUs"
     )
     print()
@@ -125,11 +154,13 @@ def run_causal(args, pairs: list[tuple[str, str]], source: str, root: Path) -> i
         if label.startswith("ours"):
             worst = max(worst, diff)
         print(f"| {label} | {rate:.2f} | {rate / peer_rate:.2f} | {diff:.1e} |")
-    full, last, prefix = (len(pairs) / r[1] for r in rows[:3])
+    full, last, trimmed, prefix, grouped = (len(pairs) / r[1] for r in rows[: len(OURS)])
     print()
     print(
         f"gain from the last position only (two LM-head rows): x{last / full:.2f} over full; "
-        f"from the shared prefix on top: x{prefix / last:.2f}; load average at end "
+        f"from the last layer at the last token: x{trimmed / last:.2f}; "
+        f"from the shared prefix on top: x{prefix / trimmed:.2f}; "
+        f"from length groups on top: x{grouped / prefix:.2f}; load average at end "
         f"{os.getloadavg()[0]:.2f}"
     )
     ok = worst <= args.atol

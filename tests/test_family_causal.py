@@ -199,3 +199,44 @@ def test_docstring_examples_of_the_causal_modules() -> None:
     ):
         result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
         assert result.failed == 0, name
+
+
+# ------------------------------------------------------------------ last-token layer, length groups
+def test_very_different_lengths_in_one_batch_equal_sentence_transformers(qwen3: Path) -> None:
+    """One batch of pairs with one-word passages and one seven times longer: the peer pads on
+    the left, we on the right, cut into length groups, with the last layer at the last token."""
+    pairs = [(QUERY, "Beijing."), (QUERY, PASSAGES[4] * 3), (OTHER[0], OTHER[1][0])]
+    pairs += [(QUERY, PASSAGES[1] * 2), (OTHER[0], "pandas.")]
+    scorer = CrossEncoderScorer(qwen3, normalize=False, batch_size=8, max_length=2048)
+    lengths = [len(ids) for ids in scorer.encoder.encode(pairs)["input_ids"]]
+    assert max(lengths) > 6 * min(lengths)
+    ours = scorer.score_pairs(pairs)
+    assert ours == pytest.approx(_st_scores(qwen3, pairs), abs=1e-5)
+    assert scorer.runner.last_layer_stats["trimmed"] >= 2  # more than one length group
+    assert scorer.runner.last_layer_stats["whole"] == 0
+    for mode, trim, split in [("last", False, False), ("last", True, True), ("full", False, False)]:
+        runner = scorer.runner
+        runner.mode, runner.trim_last_layer, runner.split_padding = mode, trim, split
+        assert scorer.score_pairs(pairs) == pytest.approx(ours, abs=1e-5), mode
+
+
+@pytest.mark.parametrize("kind", ["gemma", "qwen3"])
+def test_truncated_pairs_and_half_precision_in_every_mode(
+    kind: str, gemma: Path, qwen3: Path
+) -> None:
+    model = gemma if kind == "gemma" else qwen3
+    pairs = [(QUERY, PASSAGES[4] * 4), (QUERY, PASSAGES[0]), (OTHER[0], PASSAGES[1] * 3)]
+    limit = 64 if kind == "gemma" else 160  # the Qwen3 template alone is ~100 tokens
+    scorer = CrossEncoderScorer(model, normalize=False, batch_size=4, max_length=limit)
+    assert scorer.encoder.encode(pairs)["truncated"] == 2
+    scorer.runner.mode = "full"
+    full = scorer.score_pairs(pairs)
+    for mode in ("last", "prefix"):
+        scorer.runner.mode = mode
+        scorer.runner.clear()
+        assert scorer.score_pairs(pairs) == pytest.approx(full, abs=1e-5), mode
+    bf16 = CrossEncoderScorer(
+        model, normalize=False, dtype="bfloat16", device="cpu", max_length=limit
+    )
+    scores = bf16.score_pairs(pairs)
+    assert all(torch.isfinite(torch.tensor(scores))) and bf16.runner.last_layer_stats["trimmed"]
