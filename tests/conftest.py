@@ -103,3 +103,46 @@ def adapter_scores():
         return [by_node[p] for p in passages], [by_doc[p] for p in passages]
 
     return scores
+
+
+@pytest.fixture
+def gemma(tiny_gemma_lm: Path) -> Path:
+    """The tiny Gemma-shaped causal LM (:func:`tiny_gemma_lm`) under its short name."""
+    return tiny_gemma_lm
+
+
+@pytest.fixture
+def qwen3(tiny_qwen3_lm: Path) -> Path:
+    """The tiny Qwen3-shaped causal LM (:func:`tiny_qwen3_lm`) under its short name."""
+    return tiny_qwen3_lm
+
+
+@pytest.fixture
+def adapters_equal_scorer(adapter_scores):
+    """``check(options, query, passages)``: asserts that ``BGEReranker(**options)`` and
+    ``BGERerankCompressor(**options)`` give ``passages`` the scores of
+    ``CrossEncoderScorer(**options)`` (within 1e-6)."""
+    from bge_rerank_plugins import CrossEncoderScorer
+
+    def check(options: dict, query: str, passages: list[str]) -> None:
+        expected = CrossEncoderScorer(**options).score(query, passages)
+        llama, chain = adapter_scores(options, query, passages)
+        assert llama == pytest.approx(expected, abs=1e-6)
+        assert chain == pytest.approx(expected, abs=1e-6)
+
+    return check
+
+
+@pytest.fixture
+def doctests_pass():
+    """``check(*modules)``: asserts that every docstring example of each named module runs
+    true (a module without examples passes)."""
+    import doctest
+    import importlib
+
+    def check(*modules: str) -> None:
+        for name in modules:
+            result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+            assert result.failed == 0, name
+
+    return check

@@ -15,30 +15,10 @@ import torch
 from bge_rerank_plugins import CrossEncoderScorer
 from bge_rerank_plugins.runtime.backends.causal import MODES
 from bge_rerank_plugins.runtime.causal_prompts import BGE_DEFAULT_PROMPT
+from bge_rerank_plugins.testing import SAMPLE_OTHER, SAMPLE_PASSAGES, SAMPLE_QUERY, sample_pairs
 
-QUERY = "what is the capital of China"
-PASSAGES = [
-    "Beijing is the capital of the People's Republic of China.",
-    "Capital gains tax applies when you sell shares for more than you paid. " * 4,
-    "中国的首都是北京，北京是政治和文化中心。",
-    "Apples are a fruit rich in fibre.",
-    "The bank raised fresh capital from investors " * 12,
-]
-OTHER = ("what do pandas eat", ["The giant panda eats bamboo.", "pandas is a Python library."])
-
-
-@pytest.fixture
-def gemma(tiny_gemma_lm: Path) -> Path:
-    return tiny_gemma_lm
-
-
-@pytest.fixture
-def qwen3(tiny_qwen3_lm: Path) -> Path:
-    return tiny_qwen3_lm
-
-
-def _pairs() -> list[tuple[str, str]]:
-    return [(QUERY, p) for p in PASSAGES] + [(OTHER[0], p) for p in OTHER[1]]
+QUERY, PASSAGES = SAMPLE_QUERY, list(SAMPLE_PASSAGES)
+OTHER = (SAMPLE_OTHER[0], list(SAMPLE_OTHER[1]))
 
 
 def _flag_scores(model: Path, pairs, **options) -> list[float]:
@@ -59,7 +39,7 @@ def _st_scores(model: Path, pairs, **options) -> list[float]:
 @pytest.mark.parametrize("max_length", [512, 24])
 def test_bge_decoder_only_equals_flagembedding(gemma: Path, max_length: int) -> None:
     pytest.importorskip("FlagEmbedding")
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = CrossEncoderScorer(gemma, normalize=False, max_length=max_length, batch_size=3)
     assert scorer.config.family == "auto" and scorer._loaded.family == "bge-decoder-only"
     ours = scorer.score_pairs(pairs)
@@ -70,7 +50,7 @@ def test_bge_decoder_only_equals_flagembedding(gemma: Path, max_length: int) -> 
 
 def test_bge_prompt_is_the_instruction(gemma: Path) -> None:
     pytest.importorskip("FlagEmbedding")
-    pairs, prompt = _pairs()[:4], "Is passage B relevant to query A? Answer 'Yes' or 'No'."
+    pairs, prompt = sample_pairs()[:4], "Is passage B relevant to query A? Answer 'Yes' or 'No'."
     scorer = CrossEncoderScorer(gemma, normalize=False, instruction=prompt, cache_size=100)
     ours = scorer.score_pairs(pairs)
     assert ours == pytest.approx(_flag_scores(gemma, pairs, prompt=prompt), abs=1e-5)
@@ -79,7 +59,7 @@ def test_bge_prompt_is_the_instruction(gemma: Path) -> None:
 
 
 def test_causal_yes_no_equals_sentence_transformers_logit_score(qwen3: Path) -> None:
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = CrossEncoderScorer(qwen3, normalize=False, batch_size=3)
     assert scorer._loaded.family == "causal-yes-no"
     ours = scorer.score_pairs(pairs)
@@ -178,27 +158,19 @@ def test_cache_is_keyed_by_instruction_and_half_precision_runs_on_cpu(qwen3: Pat
 
 # ------------------------------------------------------------------ adapters
 def test_llama_index_and_langchain_adapters_score_causal_models(
-    gemma: Path, qwen3: Path, adapter_scores
+    gemma: Path, qwen3: Path, adapters_equal_scorer
 ) -> None:
     for model in (gemma, qwen3):
-        expected = CrossEncoderScorer(model).score(QUERY, PASSAGES)
-        llama, chain = adapter_scores({"model": str(model)}, QUERY, PASSAGES)
-        assert llama == pytest.approx(expected, abs=1e-6)
-        assert chain == pytest.approx(expected, abs=1e-6)
+        adapters_equal_scorer({"model": str(model)}, QUERY, PASSAGES)
 
 
-def test_docstring_examples_of_the_causal_modules() -> None:
-    import doctest
-    import importlib
-
-    for name in (
+def test_docstring_examples_of_the_causal_modules(doctests_pass) -> None:
+    doctests_pass(
         "bge_rerank_plugins.runtime.causal_family",
         "bge_rerank_plugins.runtime.causal_prompts",
         "bge_rerank_plugins.runtime.backends.causal",
         "bge_rerank_plugins.testing_causal",
-    ):
-        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0, name
+    )
 
 
 # ------------------------------------------------------------------ last-token layer, length groups

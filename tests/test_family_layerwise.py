@@ -24,8 +24,6 @@ reference's side; its scoring code runs unchanged):
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +32,20 @@ import torch
 
 from bge_rerank_plugins import CrossEncoderScorer
 from bge_rerank_plugins.errors import ModelFilesError, RandomHeadError
-from bge_rerank_plugins.testing_causal import train_bpe_tokenizer
+from bge_rerank_plugins.testing import SAMPLE_PASSAGES, SAMPLE_QUERY, sample_pairs
+from bge_rerank_plugins.testing_causal import (
+    copy_with_config,
+    copy_without_weight,
+    fast_tokenizer,
+    save_remote_code_model,
+    train_bpe_tokenizer,
+)
 
 pytest.importorskip("FlagEmbedding")
 
 LAYERS, START = 4, 2
-QUERY = "what is the capital of China"
-PASSAGES = [
-    "Beijing is the capital of the People's Republic of China.",
-    "Capital gains tax applies when you sell shares for more than you paid. " * 4,
-    "中国的首都是北京，北京是政治和文化中心。",
-    "Apples are a fruit rich in fibre.",
-    "The bank raised fresh capital from investors " * 12,
-]
-OTHER = ("what do pandas eat", ["The giant panda eats bamboo.", "pandas is a Python library."])
+QUERY, PASSAGES = SAMPLE_QUERY, list(SAMPLE_PASSAGES)
+_pairs = sample_pairs  # the name tests/test_cutoff_layer.py imports
 _AUTO_MAP = {
     "AutoConfig": "configuration_minicpm_reranker.LayerWiseMiniCPMConfig",
     "AutoModel": "modeling_minicpm_reranker.LayerWiseMiniCPMModel",
@@ -64,20 +62,12 @@ def build_tiny_layerwise(out: Path, *, seed: int = 0, hidden_size: int = 32) -> 
     from FlagEmbedding.inference.reranker.decoder_only.models.modeling_minicpm_reranker import (
         LayerWiseMiniCPMForCausalLM,
     )
-    from safetensors.torch import save_file
-    from transformers import PreTrainedTokenizerFast
 
     out.mkdir(parents=True, exist_ok=True)
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
     backend = train_bpe_tokenizer(600, specials, ["Yes", "No"])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<s>",
-        eos_token="</s>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side="left",
-        model_max_length=4096,
+    tokenizer = fast_tokenizer(
+        backend, bos="<s>", eos="</s>", unk="<unk>", pad="<pad>", model_max_length=4096
     )
     ids = {name: backend.token_to_id(name) for name in specials}
     # The BAAI config's keys (MiniCPM-2B is 2304 wide, 40 layers, heads from layer 8).
@@ -119,23 +109,14 @@ def build_tiny_layerwise(out: Path, *, seed: int = 0, hidden_size: int = 32) -> 
     options["rope_scaling"] = {"type": "dynamic", "factor": 2.0}
     torch.manual_seed(seed)
     model = LayerWiseMiniCPMForCausalLM(LayerWiseMiniCPMConfig(**options))
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
-    tokenizer.save_pretrained(out)
     code = Path(flag_models.__file__).parent
-    for name in ("configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py"):
-        shutil.copy(code / name, out / name)
-    return out
+    files = ("configuration_minicpm_reranker.py", "modeling_minicpm_reranker.py")
+    return save_remote_code_model(out, model, saved, tokenizer, code, files)
 
 
 def _reference_copy(model: Path, out: Path) -> Path:
     """The folder with a rope_scaling FlagEmbedding's modeling code can read (see the module)."""
-    shutil.copytree(model, out)
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    config["rope_scaling"] = {"type": "dynamic", "factor": 2.0}
-    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return out
+    return copy_with_config(model, out, {"rope_scaling": {"type": "dynamic", "factor": 2.0}})
 
 
 def _restore_rotary_tables(network: Any) -> None:
@@ -172,10 +153,6 @@ def reference(layerwise: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     return reranker
 
 
-def _pairs() -> list[tuple[str, str]]:
-    return [(QUERY, p) for p in PASSAGES] + [(OTHER[0], p) for p in OTHER[1]]
-
-
 def _flag(reference: Any, pairs, **options) -> list:
     return reference.compute_score([list(p) for p in pairs], **options)
 
@@ -187,7 +164,7 @@ def _scorer(model: Path, **options) -> CrossEncoderScorer:
 # ------------------------------------------------------------------ exact scores
 @pytest.mark.parametrize("max_length", [512, 24])
 def test_layerwise_equals_flagembedding(layerwise: Path, reference: Any, max_length: int) -> None:
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = _scorer(layerwise, max_length=max_length, batch_size=3)
     assert scorer._loaded.family == "bge-layerwise"
     assert scorer.runner.cutoff_layer == LAYERS  # FlagEmbedding's default: the top layer
@@ -200,7 +177,7 @@ def test_layerwise_equals_flagembedding(layerwise: Path, reference: Any, max_len
 
 
 def test_cutoff_layer_reads_that_layers_head(layerwise: Path, reference: Any) -> None:
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = _scorer(layerwise, batch_size=4)
     theirs = _flag(reference, pairs, cutoff_layers=[START, LAYERS - 1])
     ours = {}
@@ -215,7 +192,7 @@ def test_cutoff_layer_reads_that_layers_head(layerwise: Path, reference: Any) ->
 
 
 def test_instruction_is_flagembeddings_prompt(layerwise: Path, reference: Any) -> None:
-    pairs, prompt = _pairs()[:4], "Is passage B relevant to query A? Answer 'Yes' or 'No'."
+    pairs, prompt = sample_pairs()[:4], "Is passage B relevant to query A? Answer 'Yes' or 'No'."
     ours = _scorer(layerwise, instruction=prompt).score_pairs(pairs)
     assert ours == pytest.approx(_flag(reference, pairs, prompt=prompt), abs=1e-5)
     default = _scorer(layerwise).score_pairs(pairs)
@@ -240,13 +217,7 @@ def test_detection_and_refusals(layerwise: Path, tiny_bert: Path, tmp_path: Path
     with pytest.raises(ModelFilesError, match="trust_remote_code"):
         CrossEncoderScorer(layerwise)
     # A head missing from the checkpoint is never made up.
-    from safetensors.torch import load_file, save_file
-
-    broken = tmp_path / "broken"
-    shutil.copytree(layerwise, broken)
-    weights = load_file(str(broken / "model.safetensors"))
-    del weights["lm_head.0.linear_head.weight"]
-    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    broken = copy_without_weight(layerwise, tmp_path / "broken", "lm_head.0.linear_head.weight")
     with pytest.raises(RandomHeadError, match=r"lm_head\.0\.linear_head\.weight"):
         _scorer(broken)
     # Layouts whose score would not be the checkpoint's: refused before any weight is read.
@@ -254,33 +225,21 @@ def test_detection_and_refusals(layerwise: Path, tiny_bert: Path, tmp_path: Path
         ("head_type", "raw", "head_type='raw'"),
         ("rope_scaling", {"type": "linear", "factor": 2.0}, "rope_scaling of type 'linear'"),
     ):
-        other = tmp_path / f"other-{key}"
-        shutil.copytree(layerwise, other)
-        config = json.loads((other / "config.json").read_text(encoding="utf-8"))
-        config[key] = value
-        (other / "config.json").write_text(json.dumps(config), encoding="utf-8")
         with pytest.raises(ValueError, match=message):
-            _scorer(other)
+            _scorer(copy_with_config(layerwise, tmp_path / f"other-{key}", {key: value}))
 
 
 # ------------------------------------------------------------------ adapters
 def test_llama_index_and_langchain_adapters_score_layerwise(
-    layerwise: Path, adapter_scores
+    layerwise: Path, adapters_equal_scorer
 ) -> None:
-    expected = CrossEncoderScorer(layerwise, trust_remote_code=True).score(QUERY, PASSAGES)
     options = {"model": str(layerwise), "trust_remote_code": True}
-    llama, chain = adapter_scores(options, QUERY, PASSAGES)
-    assert llama == pytest.approx(expected, abs=1e-6)
-    assert chain == pytest.approx(expected, abs=1e-6)
+    adapters_equal_scorer(options, QUERY, PASSAGES)
 
 
-def test_docstring_examples_of_the_layerwise_modules() -> None:
-    import doctest
-    import importlib
-
-    for name in (
+def test_docstring_examples_of_the_layerwise_modules(doctests_pass) -> None:
+    doctests_pass(
         "bge_rerank_plugins.runtime.causal_layerwise",
         "bge_rerank_plugins.runtime.minicpm_layerwise",
-    ):
-        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0, name
+        "bge_rerank_plugins.runtime.layer_heads",  # rope_settings, shared with lightweight
+    )

@@ -29,7 +29,6 @@ against ``transformers``' own ``Gemma2Model``.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -39,20 +38,18 @@ import torch
 
 from bge_rerank_plugins import CrossEncoderScorer
 from bge_rerank_plugins.errors import ModelFilesError, RandomHeadError
-from bge_rerank_plugins.testing_causal import train_bpe_tokenizer
+from bge_rerank_plugins.testing import SAMPLE_PASSAGES, SAMPLE_QUERY, sample_pairs
+from bge_rerank_plugins.testing_causal import (
+    copy_with_config,
+    copy_without_weight,
+    save_remote_code_model,
+    train_gemma_tokenizer,
+)
 
 pytest.importorskip("FlagEmbedding")
 
 LAYERS, START = 6, 2
-QUERY = "what is the capital of China"
-PASSAGES = [
-    "Beijing is the capital of the People's Republic of China.",
-    "Capital gains tax applies when you sell shares for more than you paid. " * 4,
-    "中国的首都是北京，北京是政治和文化中心。",
-    "Apples are a fruit rich in fibre.",
-    "The bank raised fresh capital from investors " * 12,
-]
-OTHER = ("what do pandas eat", ["The giant panda eats bamboo.", "pandas is a Python library."])
+QUERY, PASSAGES = SAMPLE_QUERY, list(SAMPLE_PASSAGES)
 _AUTO_MAP = {
     "AutoConfig": "gemma_config.CostWiseGemmaConfig",
     "AutoModel": "gemma_model.CostWiseGemmaModel",
@@ -70,24 +67,11 @@ def build_tiny_lightweight(out: Path, *, seed: int = 0, sliding_window: int = 40
     from FlagEmbedding.inference.reranker.decoder_only.models.gemma_model import (
         CostWiseGemmaForCausalLM,
     )
-    from safetensors.torch import save_file
-    from transformers import PreTrainedTokenizerFast
 
     from bge_rerank_plugins.runtime.causal_lightweight import LIGHTWEIGHT_DEFAULT_PROMPT
 
     out.mkdir(parents=True, exist_ok=True)
-    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]  # Gemma's ids 0 to 3
-    backend = train_bpe_tokenizer(600, specials, ["Yes", "No"], (LIGHTWEIGHT_DEFAULT_PROMPT,))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        bos_token="<bos>",
-        eos_token="<eos>",
-        unk_token="<unk>",
-        pad_token="<pad>",
-        padding_side="left",
-        model_max_length=8192,
-    )
-    ids = {name: backend.token_to_id(name) for name in specials}
+    tokenizer, ids = train_gemma_tokenizer(600, (LIGHTWEIGHT_DEFAULT_PROMPT,))
     # The BAAI config's keys (Gemma2-9B: 3584 wide, 42 layers, heads from layer 8); the soft
     # caps are lowered so that they bend the tiny model's values.
     saved: dict[str, Any] = {
@@ -130,14 +114,9 @@ def build_tiny_lightweight(out: Path, *, seed: int = 0, sliding_window: int = 40
         for name, weight in model.named_parameters():
             if "norm" in name:
                 weight.normal_(0.0, 0.3)
-    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
-    (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
-    tokenizer.save_pretrained(out)
     code = Path(flag_models.__file__).parent
-    for name in ("gemma_config.py", "gemma_model.py"):
-        shutil.copy(code / name, out / name)
-    return out
+    files = ("gemma_config.py", "gemma_model.py")
+    return save_remote_code_model(out, model, saved, tokenizer, code, files)
 
 
 def _repair_reference(reranker: Any, pairs: list[list[str]]) -> None:
@@ -181,12 +160,8 @@ def reference(lightweight: Path) -> Any:
             str(lightweight), use_fp16=False, devices="cpu", batch_size=3
         )
     assert isinstance(reranker.model, CostWiseGemmaForCausalLM)  # not its AutoModel fallback
-    _repair_reference(reranker, [list(p) for p in _pairs()[:2]])
+    _repair_reference(reranker, [list(p) for p in sample_pairs()[:2]])
     return reranker
-
-
-def _pairs() -> list[tuple[str, str]]:
-    return [(QUERY, p) for p in PASSAGES] + [(OTHER[0], p) for p in OTHER[1]]
 
 
 def _flag(reference: Any, pairs, **options) -> list:
@@ -202,7 +177,7 @@ def _scorer(model: Path, **options) -> CrossEncoderScorer:
 def test_lightweight_equals_flagembedding(
     lightweight: Path, reference: Any, max_length: int
 ) -> None:
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = _scorer(lightweight, max_length=max_length, batch_size=3)
     assert scorer._loaded.family == "bge-lightweight"
     runner = scorer.runner
@@ -216,7 +191,7 @@ def test_lightweight_equals_flagembedding(
 
 
 def test_cutoff_layer_reads_that_layer(lightweight: Path, reference: Any) -> None:
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = _scorer(lightweight, batch_size=4)
     ours = {}
     for layer in (START, LAYERS - 1):
@@ -244,7 +219,7 @@ def test_cutoff_layer_reads_that_layer(lightweight: Path, reference: Any) -> Non
 def test_compression_equals_flagembedding(
     lightweight: Path, reference: Any, ratio: int, layers: list[int], cutoff: int, max_length: int
 ) -> None:
-    pairs = _pairs()
+    pairs = sample_pairs()
     scorer = _scorer(lightweight, batch_size=3, max_length=max_length)
     plain = scorer.score_pairs(pairs)
     runner = scorer.runner
@@ -283,7 +258,7 @@ def test_instruction_and_default_prompt_are_flagembeddings(
 ) -> None:
     from bge_rerank_plugins.runtime.causal_prompts import BGE_DEFAULT_PROMPT
 
-    pairs, prompt = _pairs()[:4], "Is passage B relevant to query A? Answer 'Yes' or 'No'."
+    pairs, prompt = sample_pairs()[:4], "Is passage B relevant to query A? Answer 'Yes' or 'No'."
     ours = _scorer(lightweight, instruction=prompt).score_pairs(pairs)
     assert ours == pytest.approx(_flag(reference, pairs, prompt=prompt), abs=1e-5)
     default = _scorer(lightweight).score_pairs(pairs)
@@ -304,7 +279,7 @@ def test_sliding_window_layers_match_transformers_gemma2(tmp_path: Path) -> None
     model = build_tiny_lightweight(tmp_path / "sliding", sliding_window=4)
     wide = build_tiny_lightweight(tmp_path / "wide")
     scorer = _scorer(model)
-    encoded = scorer.encoder.encode(_pairs())
+    encoded = scorer.encoder.encode(sample_pairs())
     tensors = pad_batch(encoded["input_ids"], encoded["token_type_ids"], 0, "cpu")
     ids, mask = tensors["input_ids"], tensors["attention_mask"]
     saved = json.loads((model / "config.json").read_text(encoding="utf-8"))
@@ -325,8 +300,9 @@ def test_sliding_window_layers_match_transformers_gemma2(tmp_path: Path) -> None
             ours = ours_network.score(ids, mask, layer)
             assert ours.tolist() == pytest.approx(expected.tolist(), abs=1e-5)
     # Not vacuous: the same weights with a window longer than every row score otherwise.
-    windowed = scorer.score_pairs(_pairs())
-    assert max(abs(a - b) for a, b in zip(windowed, _scorer(wide).score_pairs(_pairs()))) > 1e-4
+    windowed = scorer.score_pairs(sample_pairs())
+    unwindowed = _scorer(wide).score_pairs(sample_pairs())
+    assert max(abs(a - b) for a, b in zip(windowed, unwindowed)) > 1e-4
 
 
 def test_bfloat16_runs_close_to_float32(lightweight: Path) -> None:
@@ -363,14 +339,6 @@ def test_runner_options_are_validated_and_read_from_a_config(lightweight: Path) 
         assert _scorer(lightweight, cutoff_layer=3).runner.cutoff_layer == 3
 
 
-def _edited(model: Path, out: Path, **changes: Any) -> Path:
-    shutil.copytree(model, out)
-    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
-    config.update(changes)
-    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
-    return out
-
-
 def test_detection_and_refusals(lightweight: Path, tiny_bert: Path, tmp_path: Path) -> None:
     assert _scorer(lightweight, family="bge-lightweight")._loaded.family == "bge-lightweight"
     with pytest.raises(ValueError, match="not a BGE lightweight reranker"):
@@ -381,14 +349,8 @@ def test_detection_and_refusals(lightweight: Path, tiny_bert: Path, tmp_path: Pa
     with pytest.raises(ModelFilesError, match="trust_remote_code"):
         CrossEncoderScorer(lightweight)
     # A head or a layer weight missing from the checkpoint is never made up.
-    from safetensors.torch import load_file, save_file
-
     for key in ("lm_head.0.linear_head.weight", "model.layers.1.post_feedforward_layernorm.weight"):
-        broken = tmp_path / f"broken-{key}"
-        shutil.copytree(lightweight, broken)
-        weights = load_file(str(broken / "model.safetensors"))
-        del weights[key]
-        save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+        broken = copy_without_weight(lightweight, tmp_path / f"broken-{key}", key)
         with pytest.raises(RandomHeadError, match=key.replace(".", r"\.")):
             _scorer(broken)
     # Layouts whose score would not be the checkpoint's: refused before any weight is read.
@@ -397,36 +359,28 @@ def test_detection_and_refusals(lightweight: Path, tiny_bert: Path, tmp_path: Pa
         ("rope_scaling", {"rope_type": "linear", "factor": 2.0}, "rope_scaling of type 'linear'"),
     ):
         with pytest.raises(ValueError, match=message):
-            _scorer(_edited(lightweight, tmp_path / f"other-{key}", **{key: value}))
+            _scorer(copy_with_config(lightweight, tmp_path / f"other-{key}", {key: value}))
 
 
 # ------------------------------------------------------------------ adapters
 def test_llama_index_and_langchain_adapters_score_lightweight(
-    lightweight: Path, adapter_scores
+    lightweight: Path, adapters_equal_scorer
 ) -> None:
-    expected = CrossEncoderScorer(lightweight, trust_remote_code=True).score(QUERY, PASSAGES)
     options = {"model": str(lightweight), "trust_remote_code": True}
-    llama, chain = adapter_scores(options, QUERY, PASSAGES)
-    assert llama == pytest.approx(expected, abs=1e-6)
-    assert chain == pytest.approx(expected, abs=1e-6)
+    adapters_equal_scorer(options, QUERY, PASSAGES)
 
 
-def test_docstring_examples_of_the_lightweight_modules() -> None:
-    import doctest
-    import importlib
-
-    for name in (
+def test_docstring_examples_of_the_lightweight_modules(doctests_pass) -> None:
+    doctests_pass(
         "bge_rerank_plugins.runtime.causal_lightweight",
         "bge_rerank_plugins.runtime.gemma2_lightweight",
-    ):
-        result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0, name
+    )
 
 
 def test_the_score_cache_keeps_layers_and_compressions_apart(lightweight: Path) -> None:
     """A scorer with a cache: changing the runner's layer or compression never returns the
     scores cached under the old setting."""
-    pairs = _pairs()
+    pairs = sample_pairs()
     cached = _scorer(lightweight, batch_size=3, max_length=512, cache_size=1000)
     plain = cached.score_pairs(pairs)
     cached.runner.compress_ratio, cached.runner.compress_layers = 2, [2]

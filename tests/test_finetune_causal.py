@@ -60,16 +60,6 @@ TRAIN = {
 }
 
 
-@pytest.fixture
-def gemma(tiny_gemma_lm: Path) -> Path:
-    return tiny_gemma_lm
-
-
-@pytest.fixture
-def qwen3(tiny_qwen3_lm: Path) -> Path:
-    return tiny_qwen3_lm
-
-
 def _pairs() -> list[tuple[str, str]]:
     return [(g["query"], d) for g in GROUPS for d in (*g["positives"], *g["negatives"])]
 

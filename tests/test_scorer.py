@@ -15,15 +15,9 @@ from bge_rerank_plugins import CrossEncoderScorer, ModelNotFoundError, PassageTe
 from bge_rerank_plugins.batching import padded_tokens, plan_batches
 from bge_rerank_plugins.runtime.backends.torch import TorchRunner, run_model
 from bge_rerank_plugins.runtime.loading import load_cross_encoder
+from bge_rerank_plugins.testing import SAMPLE_PASSAGES, SAMPLE_QUERY
 
-QUERY = "what is the capital of China"
-PASSAGES = [
-    "Beijing is the capital of the People's Republic of China.",
-    "Capital gains tax applies when you sell shares for more than you paid. " * 4,
-    "中国的首都是北京，北京是政治和文化中心。",
-    "Apples are a fruit rich in fibre.",
-    "The bank raised fresh capital from investors " * 12,
-]
+QUERY, PASSAGES = SAMPLE_QUERY, list(SAMPLE_PASSAGES)
 
 
 def _sigmoid(x: float) -> float:

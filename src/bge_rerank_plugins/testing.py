@@ -16,7 +16,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
-__all__ = ["TINY_CORPUS", "build_tiny_model", "free_loopback_port", "train_xlmr_tokenizer"]
+__all__ = [
+    "SAMPLE_OTHER",
+    "SAMPLE_PASSAGES",
+    "SAMPLE_QUERY",
+    "TINY_CORPUS",
+    "build_tiny_model",
+    "free_loopback_port",
+    "sample_pairs",
+    "train_xlmr_tokenizer",
+]
 
 #: Text the tiny tokenizers are trained on: English and Chinese, the domains of the examples.
 TINY_CORPUS: tuple[str, ...] = (
@@ -48,6 +57,31 @@ TINY_CORPUS: tuple[str, ...] = (
     "医生建议每天运动三十分钟以保持身体健康。",
     "numbers 0 1 2 3 4 5 6 7 8 9 10 100 2024 3.14 50% and symbols: ( ) [ ] { } ? ! , . ; :",
 )
+
+#: The query and passages the scorer and family tests score against their references: the
+#: answer, near misses sharing its words, a Chinese answer, an unrelated passage and two long
+#: passages that a short ``max_length`` truncates.
+SAMPLE_QUERY = "what is the capital of China"
+SAMPLE_PASSAGES: tuple[str, ...] = (
+    "Beijing is the capital of the People's Republic of China.",
+    "Capital gains tax applies when you sell shares for more than you paid. " * 4,
+    "中国的首都是北京，北京是政治和文化中心。",
+    "Apples are a fruit rich in fibre.",
+    "The bank raised fresh capital from investors " * 12,
+)
+#: A second query and its passages, for batches that mix queries.
+SAMPLE_OTHER: tuple[str, tuple[str, ...]] = (
+    "what do pandas eat",
+    ("The giant panda eats bamboo.", "pandas is a Python library."),
+)
+
+
+def sample_pairs() -> list[tuple[str, str]]:
+    """:data:`SAMPLE_QUERY` with each of :data:`SAMPLE_PASSAGES`, then :data:`SAMPLE_OTHER`'s
+    query with each of its passages (seven pairs)."""
+    query, passages = SAMPLE_OTHER
+    return [(SAMPLE_QUERY, p) for p in SAMPLE_PASSAGES] + [(query, p) for p in passages]
+
 
 ModelKind = Literal["bert", "xlm-roberta"]
 

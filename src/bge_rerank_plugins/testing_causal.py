@@ -17,14 +17,26 @@ Two shapes, each with a byte-level BPE tokenizer trained on the spot
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
 from .runtime.causal_prompts import QWEN3_RERANKER_TEMPLATE
 from .testing import TINY_CORPUS
 
-__all__ = ["QWEN3_RERANKER_TEMPLATE", "CausalKind", "build_tiny_causal_lm", "train_bpe_tokenizer"]
+__all__ = [
+    "QWEN3_RERANKER_TEMPLATE",
+    "CausalKind",
+    "build_tiny_causal_lm",
+    "copy_with_config",
+    "copy_without_weight",
+    "fast_tokenizer",
+    "save_remote_code_model",
+    "train_bpe_tokenizer",
+    "train_gemma_tokenizer",
+]
 
 CausalKind = Literal["gemma", "qwen3"]
 
@@ -66,6 +78,80 @@ def train_bpe_tokenizer(
     return tokenizer
 
 
+def fast_tokenizer(
+    backend: Any,
+    *,
+    eos: str,
+    pad: str,
+    bos: str | None = None,
+    unk: str | None = None,
+    model_max_length: int = 8192,
+) -> Any:
+    """A left-padding ``PreTrainedTokenizerFast`` over a trained ``backend`` (a
+    :func:`train_bpe_tokenizer` result) with these special tokens (``bos`` and ``unk`` only
+    where given)."""
+    from transformers import PreTrainedTokenizerFast
+
+    roles = {"bos_token": bos, "eos_token": eos, "unk_token": unk, "pad_token": pad}
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        padding_side="left",
+        model_max_length=model_max_length,
+        **{role: token for role, token in roles.items() if token is not None},
+    )
+
+
+def train_gemma_tokenizer(
+    vocab_size: int, texts: tuple[str, ...] = ()
+) -> tuple[Any, dict[str, int]]:
+    """A Gemma-style tokenizer (``<pad>``, ``<eos>``, ``<bos>``, ``<unk>`` at Gemma's ids 0 to
+    3; ``Yes`` and ``No`` one token each) trained on the tiny corpus and ``texts``, and the ids
+    of its four special tokens by name."""
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
+    backend = train_bpe_tokenizer(vocab_size, specials, ["Yes", "No"], texts)
+    tokenizer = fast_tokenizer(backend, bos="<bos>", eos="<eos>", pad="<pad>", unk="<unk>")
+    return tokenizer, {name: backend.token_to_id(name) for name in specials}
+
+
+def save_remote_code_model(
+    out: Path, model: Any, saved: dict[str, Any], tokenizer: Any, code: Path, files: tuple[str, ...]
+) -> Path:
+    """Write a FlagEmbedding model in its BAAI folder layout: the weights with ``safetensors``
+    directly (its classes' list ``_tied_weights_keys`` breaks ``save_pretrained`` under
+    ``transformers`` 5), ``saved`` as ``config.json``, the tokenizer and the remote-code
+    ``files`` copied from ``code``."""
+    from safetensors.torch import save_file
+
+    weights = {k: v.contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    (out / "config.json").write_text(json.dumps(saved, indent=2), encoding="utf-8")
+    tokenizer.save_pretrained(out)
+    for name in files:
+        shutil.copy(code / name, out / name)
+    return out
+
+
+def copy_with_config(model: Path, out: Path, changes: dict[str, Any]) -> Path:
+    """A copy of the model folder ``model`` at ``out`` whose ``config.json`` has ``changes``."""
+    shutil.copytree(model, out)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    config.update(changes)
+    (out / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    return out
+
+
+def copy_without_weight(model: Path, out: Path, key: str) -> Path:
+    """A copy of the model folder ``model`` at ``out`` whose ``model.safetensors`` lacks the
+    tensor ``key``."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(model, out)
+    weights = load_file(str(out / "model.safetensors"))
+    del weights[key]
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
 def build_tiny_causal_lm(
     kind: CausalKind,
     output_dir: str | os.PathLike[str],
@@ -96,7 +182,6 @@ def build_tiny_causal_lm(
     from transformers import (
         GemmaConfig,
         GemmaForCausalLM,
-        PreTrainedTokenizerFast,
         Qwen3Config,
         Qwen3ForCausalLM,
     )
@@ -117,18 +202,7 @@ def build_tiny_causal_lm(
         "tie_word_embeddings": True,
     }
     if kind == "gemma":
-        specials = ["<pad>", "<eos>", "<bos>", "<unk>"]
-        backend = train_bpe_tokenizer(vocab_size, specials, ["Yes", "No"], texts)
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend,
-            bos_token="<bos>",
-            eos_token="<eos>",
-            pad_token="<pad>",
-            unk_token="<unk>",
-            padding_side="left",
-            model_max_length=8192,
-        )
-        ids = {name: backend.token_to_id(name) for name in specials}
+        tokenizer, ids = train_gemma_tokenizer(vocab_size, texts)
         config = GemmaConfig(
             vocab_size=model_vocab_size or len(tokenizer),
             pad_token_id=ids["<pad>"],
@@ -142,13 +216,7 @@ def build_tiny_causal_lm(
         backend = train_bpe_tokenizer(
             vocab_size, specials, ["yes", "no", "<think>", "</think>"], texts
         )
-        tokenizer = PreTrainedTokenizerFast(
-            tokenizer_object=backend,
-            eos_token="<|im_end|>",
-            pad_token="<|endoftext|>",
-            padding_side="left",
-            model_max_length=8192,
-        )
+        tokenizer = fast_tokenizer(backend, eos="<|im_end|>", pad="<|endoftext|>")
         tokenizer.chat_template = QWEN3_RERANKER_TEMPLATE
         config = Qwen3Config(
             vocab_size=model_vocab_size or len(tokenizer),

@@ -37,6 +37,9 @@ __all__ = [
     "detect_bge_decoder",
     "detect_causal_yes_no",
     "load_causal_lm",
+    "load_refusing_missing",
+    "prompt_encoder",
+    "require_torch",
 ]
 
 _LOGIT_SCORE = "LogitScore"
@@ -136,18 +139,18 @@ def causal_token_ids(family: str, loaded: Any) -> list[int]:
     return [no, yes]
 
 
-def load_causal_lm(loaded: Any, dtype: Any) -> Any:
-    """The ``AutoModelForCausalLM`` network in ``dtype``; refuses weights left random."""
-    from transformers import AutoModelForCausalLM
-
-    check_causal_config(loaded.config, loaded.name)
+def load_refusing_missing(network_class: Any, loaded: Any, what: str, options: dict) -> Any:
+    """``network_class.from_pretrained`` on the loaded model's folder with ``options``; refuses
+    unreadable weights (:class:`ModelFilesError`) and weights left random (:class:`RandomHeadError`:
+    a weight missing from the checkpoint, a tied ``lm_head.weight`` excepted). ``what`` names the
+    network in the messages ("causal LM", "layer-wise reranker")."""
     try:
-        network, info = AutoModelForCausalLM.from_pretrained(
-            loaded.source, dtype=dtype, output_loading_info=True, **loaded.load_options
+        network, info = network_class.from_pretrained(
+            loaded.source, output_loading_info=True, **options
         )
     except (OSError, ValueError) as error:
         raise ModelFilesError(
-            f"model={loaded.name!r}: could not load the causal LM from {loaded.source} "
+            f"model={loaded.name!r}: could not load the {what} from {loaded.source} "
             f"({type(error).__name__}: {error}). A weights file is missing, truncated or "
             "corrupt: fetch it again."
         ) from error
@@ -157,18 +160,25 @@ def load_causal_lm(loaded: Any, dtype: Any) -> Any:
     if missing:
         shown = ", ".join(sorted(missing)[:4])
         raise RandomHeadError(
-            f"model={loaded.name!r}: {len(missing)} weight(s) of the causal LM are not in its "
+            f"model={loaded.name!r}: {len(missing)} weight(s) of the {what} are not in its "
             f"checkpoint ({shown}); loading it would initialise them at random."
         )
     return network
 
 
-def causal_encoder(family: str, loaded: Any, config: Any) -> Any:
-    """The pair encoder of a causal family for a scorer's ``config`` (a ScorerConfig)."""
-    from .causal_prompts import BgeDecoderEncoder, ChatTemplateEncoder
+def load_causal_lm(loaded: Any, dtype: Any) -> Any:
+    """The ``AutoModelForCausalLM`` network in ``dtype``; refuses weights left random."""
+    from transformers import AutoModelForCausalLM
 
-    encoder = BgeDecoderEncoder if family == "bge-decoder-only" else ChatTemplateEncoder
-    return encoder(
+    check_causal_config(loaded.config, loaded.name)
+    options = {"dtype": dtype, **loaded.load_options}
+    return load_refusing_missing(AutoModelForCausalLM, loaded, "causal LM", options)
+
+
+def prompt_encoder(encoder_class: Any, loaded: Any, config: Any) -> Any:
+    """``encoder_class`` (a :mod:`.causal_prompts` encoder) on the loaded tokenizer, with the
+    truncation and instruction of a scorer's ``config`` (a ScorerConfig)."""
+    return encoder_class(
         loaded.tokenizer,
         loaded.lock,
         max_length=config.max_length,
@@ -178,13 +188,29 @@ def causal_encoder(family: str, loaded: Any, config: Any) -> Any:
     )
 
 
-def causal_runner(family: str, loaded: Any, backend: str) -> Any:
-    """The :class:`~.backends.causal.CausalRunner` of a causal family (torch backend only)."""
+def causal_encoder(family: str, loaded: Any, config: Any) -> Any:
+    """The pair encoder of a causal family for a scorer's ``config`` (a ScorerConfig)."""
+    from .causal_prompts import BgeDecoderEncoder, ChatTemplateEncoder
+
+    encoder = BgeDecoderEncoder if family == "bge-decoder-only" else ChatTemplateEncoder
+    return prompt_encoder(encoder, loaded, config)
+
+
+def require_torch(
+    backend: str, rerankers: str, family: str, dtypes: str = "dtype='bfloat16'"
+) -> None:
+    """Refuse a ``backend`` other than ``"torch"`` for ``family`` (whose models ``rerankers``
+    names); ``dtypes`` is the message's advice for a GPU."""
     if backend != "torch":
         raise ValueError(
-            f"backend={backend!r} does not run causal-LM rerankers (family={family!r}); use "
-            "backend='torch' (with dtype='float16' or 'bfloat16' on a GPU)."
+            f"backend={backend!r} does not run {rerankers} (family={family!r}); use "
+            f"backend='torch' (with {dtypes} on a GPU)."
         )
+
+
+def causal_runner(family: str, loaded: Any, backend: str) -> Any:
+    """The :class:`~.backends.causal.CausalRunner` of a causal family (torch backend only)."""
+    require_torch(backend, "causal-LM rerankers", family, "dtype='float16' or 'bfloat16'")
     from .backends.causal import CausalRunner
 
     return CausalRunner(loaded, causal_token_ids(family, loaded))

@@ -24,11 +24,10 @@ False
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelFilesError, RandomHeadError
-from .float32_rescue import RescuingRunner
+from .causal_family import causal_encoder, require_torch
+from .layer_heads import CutoffLayerRunner, check_head_reranker, check_plain_rope, load_head_network
 
 if TYPE_CHECKING:
     import torch
@@ -56,12 +55,13 @@ def detect_layerwise(source: str, config: Any) -> bool:
 
 def check_layerwise_config(config: Any, model_name: str) -> None:
     """Refuse a config this family cannot score, naming what is wrong."""
-    if not detect_layerwise("", config) or getattr(config, "start_layer", None) is None:
-        raise ValueError(
-            f"model={model_name!r} is not a BGE layer-wise reranker (its config names "
-            f"{getattr(config, 'architectures', None)}, not {_ARCHITECTURE} with a start_layer); "
-            "use family='auto', or 'bge-decoder-only' for a causal LM read at its 'Yes' logit."
-        )
+    check_head_reranker(
+        config,
+        model_name,
+        detected=detect_layerwise("", config),
+        kind="layer-wise",
+        architecture=_ARCHITECTURE,
+    )
     head_type = getattr(config, "head_type", "simple")
     if head_type != "simple":
         raise ValueError(
@@ -70,14 +70,9 @@ def check_layerwise_config(config: Any, model_name: str) -> None:
             "score. A 'raw' or 'complex' head is a training-time layout; export the reranker "
             "with FlagEmbedding's layer-wise fine-tuning first."
         )
-    from .minicpm_layerwise import rope_settings
-
-    kind = rope_settings(config)[0]
-    if kind != "default":
-        raise ValueError(
-            f"model={model_name!r} uses rope_scaling of type {kind!r}; the layer-wise family "
-            "runs plain rotary positions (rope_scaling: null, as the BAAI checkpoint has)."
-        )
+    check_plain_rope(
+        config, model_name, "layer-wise", "rope_scaling: null, as the BAAI checkpoint has"
+    )
 
 
 def layer_range(config: Any) -> range:
@@ -91,33 +86,10 @@ def load_layerwise(loaded: Any, dtype: Any) -> Any:
     from .minicpm_layerwise import LayerwiseMiniCPM
 
     check_layerwise_config(loaded.config, loaded.name)
-    # A copy: loading records its dtype and attention settings on the config it is given.
-    config = copy.deepcopy(loaded.config)
-    try:
-        network, info = LayerwiseMiniCPM.from_pretrained(
-            loaded.source,
-            config=config,
-            dtype=dtype,
-            output_loading_info=True,
-            revision=loaded.load_options.get("revision"),
-        )
-    except (OSError, ValueError) as error:
-        raise ModelFilesError(
-            f"model={loaded.name!r}: could not load the layer-wise reranker from {loaded.source} "
-            f"({type(error).__name__}: {error}). A weights file is missing, truncated or "
-            "corrupt: fetch it again."
-        ) from error
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        shown = ", ".join(missing[:4])
-        raise RandomHeadError(
-            f"model={loaded.name!r}: {len(missing)} weight(s) of the layer-wise reranker are "
-            f"not in its checkpoint ({shown}); loading it would initialise them at random."
-        )
-    return network
+    return load_head_network(LayerwiseMiniCPM, loaded, dtype, "layer-wise")
 
 
-class LayerwiseRunner(RescuingRunner):
+class LayerwiseRunner(CutoffLayerRunner):
     """Runs padded batches of a layer-wise reranker: the logit of :attr:`cutoff_layer`'s head
     at each row's last real token, as a (rows, 1) float32 tensor.
 
@@ -132,21 +104,6 @@ class LayerwiseRunner(RescuingRunner):
         self.layers = layer_range(loaded.config)
         self.cutoff_layer = self.layers[-1] if cutoff_layer is None else cutoff_layer
 
-    @property
-    def cutoff_layer(self) -> int:
-        """The layer whose head gives the score (FlagEmbedding's ``cutoff_layers=[n]``)."""
-        return self._cutoff_layer
-
-    @cutoff_layer.setter
-    def cutoff_layer(self, layer: int) -> None:
-        if isinstance(layer, bool) or not isinstance(layer, int) or layer not in self.layers:
-            raise ValueError(
-                f"cutoff_layer must be one layer from {self.layers.start} to "
-                f"{self.layers.stop - 1} (the layers of {self.loaded.name!r} that have a score "
-                f"head), got {layer!r}"
-            )
-        self._cutoff_layer = layer
-
     def forward(self, network: Any, tensors: dict[str, torch.Tensor]) -> torch.Tensor:
         """The cutoff layer's logit at each row's last real token, (rows, 1) float32."""
         ids, mask = tensors["input_ids"], tensors["attention_mask"]
@@ -155,8 +112,6 @@ class LayerwiseRunner(RescuingRunner):
 
 def layerwise_encoder(loaded: Any, config: Any) -> Any:
     """FlagEmbedding's decoder-only prompt and truncation (the same as ``bge-decoder-only``)."""
-    from .causal_family import causal_encoder
-
     return causal_encoder("bge-decoder-only", loaded, config)
 
 
@@ -165,9 +120,5 @@ def layerwise_runner(
 ) -> LayerwiseRunner:
     """The :class:`LayerwiseRunner` reading ``cutoff_layer`` (ScorerConfig's option;
     ``None``: the top layer), torch backend only."""
-    if backend != "torch":
-        raise ValueError(
-            f"backend={backend!r} does not run layer-wise rerankers (family='bge-layerwise'); "
-            "use backend='torch' (with dtype='bfloat16' on a GPU)."
-        )
+    require_torch(backend, "layer-wise rerankers", "bge-layerwise")
     return LayerwiseRunner(loaded, cutoff_layer)

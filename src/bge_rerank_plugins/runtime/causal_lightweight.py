@@ -30,13 +30,12 @@ False
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ModelFilesError, RandomHeadError
+from .causal_family import prompt_encoder, require_torch
 from .causal_prompts import BgeDecoderEncoder
-from .float32_rescue import RescuingRunner
+from .layer_heads import CutoffLayerRunner, check_head_reranker, check_plain_rope, load_head_network
 
 if TYPE_CHECKING:
     import torch
@@ -78,12 +77,13 @@ def detect_lightweight(source: str, config: Any) -> bool:
 
 def check_lightweight_config(config: Any, model_name: str) -> None:
     """Refuse a config this family cannot score, naming what is wrong."""
-    if not detect_lightweight(model_name, config) or getattr(config, "start_layer", None) is None:
-        raise ValueError(
-            f"model={model_name!r} is not a BGE lightweight reranker (its config names "
-            f"{getattr(config, 'architectures', None)}, not {_ARCHITECTURE} with a start_layer); "
-            "use family='auto', or 'bge-decoder-only' for a causal LM read at its 'Yes' logit."
-        )
+    check_head_reranker(
+        config,
+        model_name,
+        detected=detect_lightweight(model_name, config),
+        kind="lightweight",
+        architecture=_ARCHITECTURE,
+    )
     if not getattr(config, "layer_wise", False):
         raise ValueError(
             f"model={model_name!r} has layer_wise={getattr(config, 'layer_wise', None)!r}: only "
@@ -99,14 +99,7 @@ def check_lightweight_config(config: Any, model_name: str) -> None:
             f"model={model_name!r}: its config lacks the Gemma2 setting(s) {missing}; load it "
             "with trust_remote_code=True so its CostWiseGemmaConfig (a Gemma2Config) is read."
         )
-    from .minicpm_layerwise import rope_settings
-
-    kind = rope_settings(config)[0]
-    if kind != "default":
-        raise ValueError(
-            f"model={model_name!r} uses rope_scaling of type {kind!r}; the lightweight family "
-            "runs plain rotary positions (as the BAAI checkpoint has)."
-        )
+    check_plain_rope(config, model_name, "lightweight", "as the BAAI checkpoint has")
 
 
 def load_lightweight(loaded: Any, dtype: Any) -> Any:
@@ -115,30 +108,7 @@ def load_lightweight(loaded: Any, dtype: Any) -> Any:
     from .gemma2_lightweight import LightweightGemma2
 
     check_lightweight_config(loaded.config, loaded.name)
-    # A copy: loading records its dtype and attention settings on the config it is given.
-    config = copy.deepcopy(loaded.config)
-    try:
-        network, info = LightweightGemma2.from_pretrained(
-            loaded.source,
-            config=config,
-            dtype=dtype,
-            output_loading_info=True,
-            revision=loaded.load_options.get("revision"),
-        )
-    except (OSError, ValueError) as error:
-        raise ModelFilesError(
-            f"model={loaded.name!r}: could not load the lightweight reranker from "
-            f"{loaded.source} ({type(error).__name__}: {error}). A weights file is missing, "
-            "truncated or corrupt: fetch it again."
-        ) from error
-    missing = sorted(info.get("missing_keys") or ())
-    if missing:
-        shown = ", ".join(missing[:4])
-        raise RandomHeadError(
-            f"model={loaded.name!r}: {len(missing)} weight(s) of the lightweight reranker are "
-            f"not in its checkpoint ({shown}); loading it would initialise them at random."
-        )
-    return network
+    return load_head_network(LightweightGemma2, loaded, dtype, "lightweight")
 
 
 class LightweightEncoder(BgeDecoderEncoder):
@@ -162,7 +132,7 @@ class LightweightEncoder(BgeDecoderEncoder):
         return encoded
 
 
-class LightweightRunner(RescuingRunner):
+class LightweightRunner(CutoffLayerRunner):
     """Runs padded batches of a lightweight reranker: the logit of :attr:`cutoff_layer` at each
     row's last real token, after the passage compression, as a (rows, 1) float32 tensor.
 
@@ -191,22 +161,6 @@ class LightweightRunner(RescuingRunner):
         # FlagEmbedding's default names layer 8, a no-op on a model without one.
         default = (8,) if self.top > 8 else ()
         self.compress_layers = default if compress_layers is None else compress_layers
-
-    @property
-    def cutoff_layer(self) -> int:
-        """The layer whose hidden state gives the score (FlagEmbedding's ``cutoff_layers=[n]``)."""
-        return self._cutoff_layer
-
-    @cutoff_layer.setter
-    def cutoff_layer(self, layer: int) -> None:
-        if isinstance(layer, bool) or not isinstance(layer, int) or layer not in self.layers:
-            step = f" in steps of {self.layers.step}" if self.layers.step != 1 else ""
-            raise ValueError(
-                f"cutoff_layer must be one layer from {self.layers.start} to "
-                f"{self.layers.stop - 1}{step} (the layers of {self.loaded.name!r} that have a "
-                f"score head), got {layer!r}"
-            )
-        self._cutoff_layer = layer
 
     @property
     def compress_ratio(self) -> int:
@@ -273,14 +227,7 @@ class LightweightRunner(RescuingRunner):
 
 def lightweight_encoder(loaded: Any, config: Any) -> LightweightEncoder:
     """FlagEmbedding's lightweight prompt and truncation for a scorer's ``config``."""
-    return LightweightEncoder(
-        loaded.tokenizer,
-        loaded.lock,
-        max_length=config.max_length,
-        query_max_length=config.query_max_length,
-        model_max_length=loaded.max_length_limit,
-        instruction=config.instruction,
-    )
+    return prompt_encoder(LightweightEncoder, loaded, config)
 
 
 def lightweight_runner(
@@ -294,11 +241,7 @@ def lightweight_runner(
 ) -> LightweightRunner:
     """The :class:`LightweightRunner` (torch backend only), with each option given here, else
     ``config``'s (a ScorerConfig's) value of that name, else FlagEmbedding's default."""
-    if backend != "torch":
-        raise ValueError(
-            f"backend={backend!r} does not run lightweight rerankers (family='bge-lightweight'); "
-            "use backend='torch' (with dtype='bfloat16' on a GPU)."
-        )
+    require_torch(backend, "lightweight rerankers", "bge-lightweight")
 
     def option(name: str, given: Any) -> Any:
         return given if given is not None else getattr(config, name, None)

@@ -36,8 +36,9 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
-from transformers.modeling_outputs import SequenceClassifierOutput
 from transformers.models.gemma2.modeling_gemma2 import Gemma2DecoderLayer, Gemma2RMSNorm
+
+from .layer_heads import TopLayerForward
 
 __all__ = ["LightweightGemma2", "compress_passages", "head_layers", "sliding_layers"]
 
@@ -134,7 +135,7 @@ class _Decoder(nn.Module):
         self.norm = Gemma2RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
 
-class LightweightGemma2(PreTrainedModel):
+class LightweightGemma2(TopLayerForward, PreTrainedModel):
     """The lightweight Gemma2 reranker: :meth:`score` reads one layer at the last token.
 
     Built from the checkpoint's config (FlagEmbedding's ``CostWiseGemmaConfig`` with
@@ -158,10 +159,6 @@ class LightweightGemma2(PreTrainedModel):
             nn.init.normal_(module.weight, mean=0.0, std=std)
         if isinstance(module, Gemma2RMSNorm):  # scales by 1 + weight
             nn.init.zeros_(module.weight)
-
-    def get_output_embeddings(self) -> None:
-        """None: the heads score relevance; none of them is a vocabulary projection to tie."""
-        return None
 
     def _rope(self, length: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sin of positions 0 to ``length - 1``, (length, head_dim), in ``like``'s
@@ -264,15 +261,3 @@ class LightweightGemma2(PreTrainedModel):
         if cap is not None:
             logits = torch.tanh(logits / cap) * cap
         return logits.float()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> SequenceClassifierOutput:
-        """The top layer's score, uncompressed, as ``logits`` (rows, 1); ``token_type_ids`` is
-        ignored."""
-        logits = self.score(input_ids, attention_mask, self.config.num_hidden_layers)[:, None]
-        return SequenceClassifierOutput(logits=logits)

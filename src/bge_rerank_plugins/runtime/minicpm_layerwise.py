@@ -29,29 +29,10 @@ import torch
 from torch import nn
 from transformers import PretrainedConfig, PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import SequenceClassifierOutput
+
+from .layer_heads import TopLayerForward, rope_settings
 
 __all__ = ["LayerwiseMiniCPM", "rope_settings"]
-
-
-def rope_settings(config: Any) -> tuple[str, float]:
-    """The config's rotary type and base, from ``transformers`` 5's ``rope_parameters`` (which
-    also stands for a ``rope_scaling: null`` config.json) or the older ``rope_scaling`` and
-    ``rope_theta`` attributes.
-
-    >>> from types import SimpleNamespace
-    >>> rope_settings(SimpleNamespace(rope_parameters={"rope_type": "default", "rope_theta": 1e4}))
-    ('default', 10000.0)
-    >>> rope_settings(SimpleNamespace(rope_scaling={"type": "linear", "factor": 2.0}))
-    ('linear', 10000.0)
-    """
-    params = getattr(config, "rope_parameters", None)
-    if params is None:
-        params = getattr(config, "rope_scaling", None)
-    params = params if isinstance(params, dict) else {}
-    kind = params.get("type") or params.get("rope_type") or "default"
-    theta = params.get("rope_theta", getattr(config, "rope_theta", None))
-    return str(kind), float(theta if theta is not None else 10000.0)
 
 
 class _RMSNorm(nn.Module):
@@ -172,7 +153,7 @@ class _Head(nn.Module):
         self.linear_head = nn.Linear(size, 1, bias=False)
 
 
-class LayerwiseMiniCPM(PreTrainedModel):
+class LayerwiseMiniCPM(TopLayerForward, PreTrainedModel):
     """The layer-wise MiniCPM reranker: :meth:`score` reads one layer's head at the last token.
 
     Built from the checkpoint's config (FlagEmbedding's ``LayerWiseMiniCPMConfig``, ``head_type
@@ -206,10 +187,6 @@ class LayerwiseMiniCPM(PreTrainedModel):
         if isinstance(module, _RMSNorm):
             nn.init.ones_(module.weight)
 
-    def get_output_embeddings(self) -> None:
-        """None: the heads score relevance; none of them is a vocabulary projection to tie."""
-        return None
-
     def head(self, layer: int) -> nn.Linear:
         """The one-output head of ``layer`` (FlagEmbedding's ``lm_head[layer - start_layer]``)."""
         heads = self.lm_head
@@ -242,14 +219,3 @@ class LayerwiseMiniCPM(PreTrainedModel):
             h = h[torch.arange(h.shape[0], device=h.device), last].unsqueeze(1)
         hidden = decoder.norm(h[:, 0])
         return self.head(layer)(hidden)[:, 0].float()
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        token_type_ids: torch.Tensor | None = None,
-        return_dict: bool = True,
-    ) -> SequenceClassifierOutput:
-        """The top layer's score as ``logits`` (rows, 1); ``token_type_ids`` is ignored."""
-        logits = self.score(input_ids, attention_mask, self.config.num_hidden_layers)[:, None]
-        return SequenceClassifierOutput(logits=logits)
