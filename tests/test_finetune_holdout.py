@@ -232,26 +232,3 @@ def test_blended_teacher_is_cosine_and_bm25_min_max_blended(tiny_bert: Path) -> 
         both = [*mix.positive_scores, *mix.negative_scores]
         halves = [(a + b) / 2 for a, b in zip(expected, [BLEND_SCALE, 0.0, 0.0])]
         assert both == pytest.approx(halves, abs=1e-5)
-
-
-def test_deepened_groups_add_the_bm25_top_of_the_training_passages() -> None:
-    """The teacher's negatives: the group's own first, then its BM25 top ``depth`` of the
-    training passages in BM25 order, never one of the query's positives (of any record)."""
-    from bge_rerank_plugins.finetune.data import TrainingGroup
-    from bge_rerank_plugins.finetune.warm_start import deepened_groups
-
-    groups = [
-        TrainingGroup("panda bamboo forest", ["the panda eats bamboo"], ["a tax form"]),
-        TrainingGroup("panda bamboo forest", ["a bamboo forest in china"], ["river stones"]),
-        TrainingGroup("comet tail", ["comet tail of ice"], ["violin strings"]),
-    ]
-    corpus = ["panda cubs in the forest", "bamboo shoots", "falcon flight", "ice comet dust"]
-    deep = deepened_groups(groups, corpus, depth=2)
-    assert [g.positives for g in deep] == [g.positives for g in groups]
-    # own negative kept first; the other record's positive is never a negative
-    assert deep[0].negatives == ("a tax form", "panda cubs in the forest", "bamboo shoots")
-    assert deep[1].negatives == ("river stones", "panda cubs in the forest", "bamboo shoots")
-    assert deep[2].negatives[0] == "violin strings"
-    assert deep[2].negatives[1] == "ice comet dust"
-    assert len(deep[2].negatives) == 3
-    assert deepened_groups(groups, corpus, depth=0) == groups

@@ -8,10 +8,7 @@
 3. Warm start (:mod:`.warm_start`): when the head is untrained and the base encoder's own
    similarity blended with BM25 ranks clearly better, every training passage gets that blend as
    a teacher score (``loss="auto"`` becomes ``"distill"``: the labels' softmax plus the KL term
-   to the teacher). Each query's negatives then also hold its BM25 top
-   :data:`~.warm_start.TEACHER_DEPTH` of the training passages, scored by the teacher and
-   redrawn each epoch (:func:`~.warm_start.deepened_groups`). The requested epochs assume a
-   head that can already rank (LlamaIndex's
+   to the teacher). The requested epochs assume a head that can already rank (LlamaIndex's
    default base is a trained reranker); a fresh head first gets a warm-start phase on the
    teacher's scores alone (no labels: the labels are read by the requested epochs only), for the
    part of the time budget the requested epochs will not need (measured on its first steps), at
@@ -153,15 +150,6 @@ def run(engine: Any, config: Any) -> Outcome:
     warm = _decide_warm_start(engine, config, records, report)
     decisions["warm_start"] = warm.reason
     if warm.use:
-        from .warm_start import TEACHER_DEPTH, deepened_groups
-
-        records = deepened_groups(records, engine.training_passages())
-        logger.info(
-            "Warm start: each query's negatives are its own plus its BM25 top %d of the "
-            "training passages, all scored by the teacher and redrawn each epoch.",
-            TEACHER_DEPTH,
-        )
-        decisions["teacher_depth"] = TEACHER_DEPTH
         records = with_own_teacher(engine, records)
         if engine.auto_loss:
             loss = "distill"

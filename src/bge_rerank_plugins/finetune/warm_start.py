@@ -34,10 +34,8 @@ __all__ = [
     "SCALE",
     "OwnEncoder",
     "WarmStart",
-    "TEACHER_DEPTH",
     "blended_teacher_scores",
     "decide",
-    "deepened_groups",
     "own_teacher_scores",
 ]
 
@@ -54,9 +52,6 @@ BLEND_WEIGHT = 0.5
 #: the blend (in [0, 1] within a group) times this is the teacher's logit: the spread that
 #: ``SCALE`` x cosine has over a group of 1 positive + 4 BM25 negatives (median 7.7 on SciFact)
 BLEND_SCALE = 8.0
-#: each training query's negatives for the teacher: its own plus the BM25 top this many of the
-#: training passages (the lists the reranker will be given), redrawn each epoch
-TEACHER_DEPTH = 30
 
 
 @dataclass(frozen=True)
@@ -209,41 +204,4 @@ def blended_teacher_scores(
                 negative_scores=tuple(blend[k:]),
             )
         )
-    return out
-
-
-def deepened_groups(
-    groups: Sequence[TrainingGroup], corpus: Sequence[str], *, depth: int | None = None
-) -> list[TrainingGroup]:
-    """``groups`` whose negatives also hold the query's BM25 top ``depth`` over ``corpus``.
-
-    The given negatives (4 BM25 negatives per positive in LlamaIndex-style data) show each
-    query a few of its hard passages only; the reranker is then asked to order a first stage's
-    top 30. With the teacher's soft scores on every passage, a deeper list costs nothing per step
-    (the negatives are redrawn from it each epoch) and a relevant passage among the negatives
-    is scored as the teacher sees it, not as a hard 0. A query's labelled positives (over all
-    its records) are never negatives. ``depth`` defaults to :data:`TEACHER_DEPTH`; 0 returns
-    the groups unchanged.
-    """
-    depth = TEACHER_DEPTH if depth is None else depth
-    if depth <= 0:
-        return list(groups)
-    import numpy as np
-
-    from ..bm25 import Bm25Index
-
-    given = (t for g in groups for t in (*g.positives, *g.negatives))
-    texts = list(dict.fromkeys([*corpus, *given]))
-    index = Bm25Index([str(i) for i in range(len(texts))], texts)
-    positives: dict[str, set[str]] = {}
-    for group in groups:
-        positives.setdefault(group.query, set()).update(group.positives)
-    out = []
-    for group in groups:
-        own = positives[group.query]
-        every = np.asarray(index.scores(group.query))
-        top = np.argsort(-every, kind="stable")[: depth + len(own)]
-        ranked = [texts[i] for i in top if texts[i] not in own][:depth]
-        negatives = tuple(dict.fromkeys([*group.negatives, *ranked]))
-        out.append(TrainingGroup(group.query, group.positives, negatives))
     return out
