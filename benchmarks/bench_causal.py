@@ -165,6 +165,18 @@ def run_causal(args, pairs: list[tuple[str, str]], source: str, root: Path) -> i
     )
     ok = worst <= args.atol
     print(f"float32 agreement: max abs diff {worst:.1e} ({'ok' if ok else 'FAIL'})")
+    # what the savings change, apart from the peer's own float32 rounding: each run against
+    # ours in mode full (transformers' unmodified forward), and the scores' scale
+    full_scores = rows[0][2]
+    savings = max(
+        abs(a - b) for _, _, scores in rows[1 : len(OURS)] for a, b in zip(scores, full_scores)
+    )
+    scale = max(abs(v) for v in reference)
+    print(
+        f"the savings against our full forward: max abs diff {savings:.1e}; the peer against "
+        f"our full forward: {max(abs(a - b) for a, b in zip(reference, full_scores)):.1e}; "
+        f"largest |score| {scale:.3g}"
+    )
     return 0 if ok else 1
 
 

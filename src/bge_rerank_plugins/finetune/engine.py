@@ -392,3 +392,8 @@ def _with_options(function: Any) -> inspect.Signature:
 CrossEncoderFinetuneEngine.__init__.__signature__ = _with_options(  # type: ignore[attr-defined]
     CrossEncoderFinetuneEngine.__init__
 )
+# without it, ``__new__`` (routing a causal-LM base) makes help() show (*args, **kwargs)
+_SELF, *_PARAMETERS = CrossEncoderFinetuneEngine.__init__.__signature__.parameters.values()
+CrossEncoderFinetuneEngine.__signature__ = (  # type: ignore[attr-defined]
+    CrossEncoderFinetuneEngine.__init__.__signature__.replace(parameters=_PARAMETERS)
+)
