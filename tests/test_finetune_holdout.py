@@ -128,6 +128,10 @@ def test_engine_holds_out_queries_reports_before_after_and_warns(
         epochs=1,
         max_steps=2,
         show_progress_bar=False,
+        # the warm start's time-sized phase could make this tiny model perfect on the held-out
+        # queries (its teacher includes BM25, which is perfect here), and how far it gets
+        # depends on the machine's speed: off, the 2 steps leave a random-headed model
+        warm_start=False,
     )
     held = {item.query for item in engine.held_out}
     assert len(held) == 20
