@@ -315,7 +315,9 @@ def test_bfloat16_runs_close_to_float32(lightweight: Path) -> None:
 
 # ------------------------------------------------------------------ options, detection, refusals
 def test_runner_options_are_validated_and_read_from_a_config(lightweight: Path) -> None:
+    from bge_rerank_plugins.runtime import backends
     from bge_rerank_plugins.runtime.causal_lightweight import lightweight_runner
+    from bge_rerank_plugins.runtime.families import FAMILIES, build_runner
 
     scorer = _scorer(lightweight)
     runner = scorer.runner
@@ -330,13 +332,18 @@ def test_runner_options_are_validated_and_read_from_a_config(lightweight: Path) 
     runner.compress_layers = 3
     assert runner.compress_layers == (3,)
     loaded = scorer._loaded
-    options = SimpleNamespace(cutoff_layer=3, compress_ratio=2, compress_layers=[2, 4])
-    built = lightweight_runner(loaded, "torch", options)
+    built = lightweight_runner(
+        loaded, "torch", cutoff_layer=3, compress_ratio=2, compress_layers=[2, 4]
+    )
     assert (built.cutoff_layer, built.compress_ratio, built.compress_layers) == (3, 2, (2, 4))
     built = lightweight_runner(loaded, "torch", cutoff_layer=4)
     assert (built.cutoff_layer, built.compress_ratio) == (4, 1)
-    if hasattr(scorer.config, "cutoff_layer"):  # the scorer option, where this version has it
-        assert _scorer(lightweight, cutoff_layer=3).runner.cutoff_layer == 3
+    # the config's option reaches the runner through the families' one mechanism
+    spec = backends.REGISTRY["torch"]
+    config = SimpleNamespace(cutoff_layer=3)
+    built = build_runner(FAMILIES["bge-lightweight"], spec, loaded, config)
+    assert built.cutoff_layer == 3
+    assert _scorer(lightweight, cutoff_layer=3).runner.cutoff_layer == 3
 
 
 def test_detection_and_refusals(lightweight: Path, tiny_bert: Path, tmp_path: Path) -> None:

@@ -233,23 +233,13 @@ def lightweight_encoder(loaded: Any, config: Any) -> LightweightEncoder:
 def lightweight_runner(
     loaded: Any,
     backend: str,
-    config: Any = None,
     *,
     cutoff_layer: int | None = None,
-    compress_ratio: int | None = None,
+    compress_ratio: int = 1,
     compress_layers: Iterable[int] | None = None,
 ) -> LightweightRunner:
-    """The :class:`LightweightRunner` (torch backend only), with each option given here, else
-    ``config``'s (a ScorerConfig's) value of that name, else FlagEmbedding's default."""
+    """The :class:`LightweightRunner` (torch backend only); ``cutoff_layer`` is ScorerConfig's
+    option (passed by :func:`~.families.build_runner`), ``None`` its defaults: the top layer,
+    no compression, FlagEmbedding's compression layers."""
     require_torch(backend, "lightweight rerankers", "bge-lightweight")
-
-    def option(name: str, given: Any) -> Any:
-        return given if given is not None else getattr(config, name, None)
-
-    ratio = option("compress_ratio", compress_ratio)
-    return LightweightRunner(
-        loaded,
-        option("cutoff_layer", cutoff_layer),
-        1 if ratio is None else ratio,
-        option("compress_layers", compress_layers),
-    )
+    return LightweightRunner(loaded, cutoff_layer, compress_ratio, compress_layers)
