@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -159,7 +160,10 @@ def test_onnx_backend_matches_and_notices_a_changed_head(
 
     weights = path / "4_Dense" / "model.safetensors"
     state = load_file(str(weights))
+    before = weights.stat()
     save_file({k: v * 2 for k, v in state.items()}, str(weights))
+    # Saved within the file system's timestamp granularity: same size, same modification time.
+    os.utime(weights, ns=(before.st_atime_ns, before.st_mtime_ns))
     clear_model_cache()
     again = CrossEncoderScorer(str(path), device="cpu", backend="onnx", normalize=False)
     assert again.score_pairs(PAIRS) == pytest.approx(_st_scores(path), abs=1e-4)

@@ -4,11 +4,12 @@ The export (``torch.onnx.export``, TorchScript exporter, dynamic batch and seque
 dynamically quantized int8 copy (``onnxruntime.quantization.quantize_dynamic``) are written to an
 ``onnx/`` folder inside the model directory, or under ``~/.cache/bge_rerank_plugins/onnx/<hash>``
 when the model directory is not writable (a Hub cache, a read-only mount). A ``fingerprint.json``
-next to them records the weight files' sizes and modification times: when the weights change,
-the files are exported again. It also records the quantization settings of every int8 file,
-whose name carries them too (``model.int8.onnx``, ``model.int8.reduce_range.onnx``), so a
-graph quantized for another CPU is never reused here (see :func:`int8_options`). Each graph
-keeps its weights in a ``.data`` file beside it (ONNX external data), which ONNX Runtime reads
+next to them records the weight files' sizes, modification times and inodes (and the content
+of small ones, such as a head module): when the weights change, the files are exported again.
+It also records the quantization settings of every int8 file, whose name carries them too
+(``model.int8.onnx``, ``model.int8.reduce_range.onnx``), so a graph quantized for another CPU
+is never reused here (see :func:`int8_options`). Each graph keeps its weights in a ``.data``
+file beside it (ONNX external data), which ONNX Runtime reads
 without a second in-memory copy of the whole model.
 
 >>> from bge_rerank_plugins import CrossEncoderScorer
@@ -18,7 +19,6 @@ without a second in-memory copy of the whole model.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from ...tokenization import example_batch
 from ..device import release_freed_memory
+from .onnx_files import fingerprint, onnx_cache_dir, write_stamp
 
 if TYPE_CHECKING:
     import torch
@@ -49,7 +50,6 @@ logger = logging.getLogger(__name__)
 
 _FP32_NAME = "model.onnx"
 _INT8_PREFIX = "model.int8"
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
 # Per-channel weight scales keep rankings much closer to float32 than one scale per tensor
 # (measured on a fine-tuned MiniLM: per-query Spearman min 0.94 vs 0.79 on SciFact dev).
 _PER_CHANNEL = True
@@ -66,31 +66,6 @@ def _require_onnxruntime() -> Any:
             "pip install 'bge-rerank-plugins[onnx]' (onnxruntime and onnx)."
         ) from error
     return onnxruntime
-
-
-def _fingerprint(source: str) -> dict[str, Any]:
-    import torch
-
-    files = {}
-    root = Path(source)
-    if root.is_dir():
-        # A sentence-transformers modular model keeps its head in module folders (2_Dense/...).
-        for path in sorted([*root.iterdir(), *root.glob("[0-9]*_*/*")]):
-            if path.is_file() and (path.suffix in _WEIGHT_SUFFIXES or path.name == "config.json"):
-                stat = path.stat()
-                files[path.relative_to(root).as_posix()] = [stat.st_size, int(stat.st_mtime)]
-    return {
-        "source": str(source),
-        "files": files,
-        "torch": torch.__version__,
-        # 2: exported with the last layer computing the first token only (first_token.py);
-        # an older export is still correct but slower, so it is exported again.
-        # 3: weights in external .data files (a lower peak while a session loads).
-        # 4: int8 settings per int8 file (under "int8", not part of the export's stamp); a
-        # format-3 int8 file may have been quantized with full-range weights on a CPU whose
-        # kernels saturate them, so it is made again.
-        "format": 4,
-    }
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,32 +132,6 @@ def _int8_name(options: dict[str, bool]) -> str:
     if options.get("per_channel") is not True:
         tags += ".per_tensor"
     return f"{_INT8_PREFIX}{tags}.onnx"
-
-
-def _writable(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder):
-            pass
-    except OSError:
-        return False
-    return True
-
-
-def onnx_cache_dir(source: str) -> Path:
-    """Where the ONNX files of the model at ``source`` are kept.
-
-    ``<model dir>/onnx`` when it can be written, else
-    ``~/.cache/bge_rerank_plugins/onnx/<sha1 of the source path>`` (``$XDG_CACHE_HOME`` honoured).
-    """
-    root = Path(source)
-    if root.is_dir() and _writable(root / "onnx"):
-        return root / "onnx"
-    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-    digest = hashlib.sha1(str(source).encode("utf-8")).hexdigest()[:16]
-    folder = base / "bge_rerank_plugins" / "onnx" / digest
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def _input_names(tokenizer: Any) -> list[str]:
@@ -311,7 +260,7 @@ def quantize_onnx_int8(
 def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
     folder = onnx_cache_dir(loaded.source)
     stamp_file = folder / "fingerprint.json"
-    stamp = _fingerprint(loaded.source)
+    stamp = fingerprint(loaded.source)
     fp32 = folder / _FP32_NAME
     try:
         saved = json.loads(stamp_file.read_text(encoding="utf-8"))
@@ -327,7 +276,7 @@ def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
         export_onnx(loaded, fp32)
         release_freed_memory()  # the float32 network loaded for the export
         quantized = {}
-        _write_stamp(stamp_file, stamp, quantized)
+        write_stamp(stamp_file, stamp, quantized)
     if not quantize:
         return fp32
     options = int8_options()
@@ -342,15 +291,8 @@ def _prepare(loaded: LoadedModel, quantize: bool) -> Path:
         _remove(int8)
         quantize_onnx_int8(fp32, int8, reduce_range=options["reduce_range"])
         quantized[int8.name] = options
-        _write_stamp(stamp_file, stamp, quantized)
+        write_stamp(stamp_file, stamp, quantized)
     return int8
-
-
-def _write_stamp(path: Path, stamp: dict[str, Any], quantized: dict[str, Any]) -> None:
-    """Write the fingerprint with the settings of each int8 file (replaced in one step)."""
-    staged = path.with_name(path.name + ".tmp")
-    staged.write_text(json.dumps({**stamp, "int8": quantized}), encoding="utf-8")
-    staged.replace(path)
 
 
 class OnnxRunner:
