@@ -4,13 +4,12 @@ The export (``torch.onnx.export``, TorchScript exporter, dynamic batch and seque
 dynamically quantized int8 copy (``onnxruntime.quantization.quantize_dynamic``) are written to an
 ``onnx/`` folder inside the model directory, or under ``~/.cache/bge_rerank_plugins/onnx/<hash>``
 when the model directory is not writable (a Hub cache, a read-only mount). A ``fingerprint.json``
-next to them records the weight files' sizes, modification times and inodes (and the content
-of small ones, such as a head module): when the weights change, the files are exported again.
-It also records the quantization settings of every int8 file, whose name carries them too
-(``model.int8.onnx``, ``model.int8.reduce_range.onnx``), so a graph quantized for another CPU
-is never reused here (see :func:`int8_options`). Each graph keeps its weights in a ``.data``
-file beside it (ONNX external data), which ONNX Runtime reads
-without a second in-memory copy of the whole model.
+next to them identifies the weight files (:mod:`.onnx_files`): when the weights change, the files
+are exported again. It also records the quantization settings of every int8 file, whose name
+carries them too (``model.int8.onnx``, ``model.int8.reduce_range.onnx``), so a graph quantized
+for another CPU is never reused here (see :func:`int8_options`). Each graph keeps its weights in
+a ``.data`` file beside it (ONNX external data), which ONNX Runtime reads without a second
+in-memory copy of the whole model.
 
 >>> from bge_rerank_plugins import CrossEncoderScorer
 >>> scorer = CrossEncoderScorer("BAAI/bge-reranker-v2-m3", backend="onnx-int8")  # doctest: +SKIP

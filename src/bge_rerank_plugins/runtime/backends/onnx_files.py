@@ -1,7 +1,8 @@
 """Where the ONNX backend keeps its files, and how it knows they still match the weights.
 
 ``<model dir>/onnx`` when it can be written, else a folder under the user's cache. The
-``fingerprint.json`` there identifies the weight files the graphs were exported from.
+``fingerprint.json`` there identifies the weight files the graphs were exported from: by size,
+modification time (ns) and inode, and small ones (a head module) by their content too.
 """
 
 from __future__ import annotations
